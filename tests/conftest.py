@@ -1,0 +1,27 @@
+"""Shared fixtures: paths to the real reference data beside the project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from utils.config import PROJECT_ROOT
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+SAMPLE_DIR = SHARED_DATA / "lastfm-1k-sample"
+API_RESPONSES_DIR = SHARED_DATA / "lastfm-api-responses"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The real Last.fm 1K excerpt and profile file."""
+    assert SAMPLE_DIR.is_dir(), f"real reference data missing: {SAMPLE_DIR}"
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def api_responses_dir() -> Path:
+    """Real Last.fm API response bodies."""
+    assert API_RESPONSES_DIR.is_dir(), f"real reference data missing: {API_RESPONSES_DIR}"
+    return API_RESPONSES_DIR

@@ -1,0 +1,57 @@
+"""Atomic stage directories and manifests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from utils import stage_io
+from utils.errors import StageIncompleteError
+
+
+def _manifest(stage_dir, stage="tracks", rows=(3, 3, 0)):
+    return stage_io.write_manifest(
+        stage_dir, stage, inputs=[], parameters={"a": 1}, rows_in=rows[0], rows_out=rows[1],
+        rows_rejected=rows[2], outputs=["out.csv"], timings={"total": 0.1},
+    )
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path) -> None:
+    final = tmp_path / "stage"
+    with stage_io.atomic_dir(final) as tmp:
+        (tmp / "out.csv").write_text("v1")
+    with pytest.raises(RuntimeError), stage_io.atomic_dir(final) as tmp:
+        (tmp / "out.csv").write_text("half")
+        raise RuntimeError("killed")
+    assert (final / "out.csv").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["stage"]
+
+
+def test_require_stage_names_the_command(tmp_path) -> None:
+    with pytest.raises(StageIncompleteError, match="run `sessionlen tracks` first"):
+        stage_io.require_stage(tmp_path, "tracks")
+    (tmp_path / "out.csv").write_text("x")
+    _manifest(tmp_path)
+    assert stage_io.require_stage(tmp_path, "tracks")["rows_out"] == 3
+    with pytest.raises(StageIncompleteError, match="sessionlen metadata"):
+        stage_io.require_stage(tmp_path, "metadata")
+    (tmp_path / "out.csv").unlink()
+    with pytest.raises(StageIncompleteError, match="missing"):
+        stage_io.require_stage(tmp_path, "tracks")
+
+
+def test_manifest_refuses_unreconciled_counts(tmp_path) -> None:
+    (tmp_path / "out.csv").write_text("x")
+    with pytest.raises(AssertionError, match="rows_in"):
+        _manifest(tmp_path, rows=(5, 3, 1))
+    assert not (tmp_path / stage_io.MANIFEST).exists()
+
+
+def test_manifest_keeps_one_entry_per_stage(tmp_path) -> None:
+    (tmp_path / "out.csv").write_text("x")
+    _manifest(tmp_path, "tracks")
+    _manifest(tmp_path, "metadata")
+    data = json.loads((tmp_path / stage_io.MANIFEST).read_text())
+    assert set(data) == {"tracks", "metadata"}
+    assert data["tracks"]["code_version"]

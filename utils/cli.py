@@ -1,0 +1,198 @@
+"""The `sessionlen` command line: one subcommand per pipeline step, each calling `utils`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from utils import config
+from utils.errors import SessionlenError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["local", "spark"], default="local")
+    parser.add_argument("--spark-master", default=None, help="Spark master URL (default local[*])")
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from utils.synthetic import format_calibration, generate_dataset
+
+    report = generate_dataset(args.out, scale=args.scale, users=args.users, seed=args.seed)
+    print(format_calibration(report))
+    print(f"synthetic dataset written to {args.out}")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from utils.download import OFFICIAL_URL, download_dataset
+
+    path = download_dataset(args.out, url=args.url or OFFICIAL_URL)
+    print(f"dataset ready in {path}")
+
+
+def cmd_tracks(args: argparse.Namespace) -> None:
+    from utils.tracks import build_unique_tracks
+
+    summary = build_unique_tracks(args.raw, args.work, engine=args.engine,
+                                  spark_master=args.spark_master)
+    print(summary)
+
+
+def cmd_metadata(args: argparse.Namespace) -> None:
+    from utils.crawl import build_track_metadata
+
+    params = config.CrawlParams(rate=args.rate, limit=args.limit,
+                                concurrency=args.concurrency)
+    summary = build_track_metadata(
+        args.work, params,
+        api_key=os.environ.get(config.API_KEY_ENV) or None,
+        api_url=os.environ.get(config.API_URL_ENV) or config.LASTFM_API_URL,
+    )
+    print(summary)
+
+
+def cmd_denormalize(args: argparse.Namespace) -> None:
+    from utils.denormalize import denormalize
+
+    print(denormalize(args.raw, args.work, engine=args.engine, spark_master=args.spark_master))
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    from utils.summaries import summarize
+
+    params = config.SessionParams(split=args.split, gap_minutes=args.gap_minutes, seed=args.seed)
+    print(summarize(args.work, params, engine=args.engine, spark_master=args.spark_master))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from utils.runner import run_pipeline
+
+    run_pipeline(raw=args.raw, work=args.work, scale=args.scale, engine=args.engine,
+                 seed=args.seed)
+
+
+def cmd_fake_api(args: argparse.Namespace) -> None:
+    from utils.fake_api import FaultConfig, serve
+
+    faults = FaultConfig(
+        p_5xx=args.p_5xx, p_rate_limit=args.p_rate_limit, p_temporary=args.p_temporary,
+        p_operation_failed=args.p_operation_failed, p_slow=args.p_slow,
+        p_truncated=args.p_truncated, p_reset=args.p_reset, slow_seconds=args.slow_seconds,
+        seed=args.seed,
+    )
+    serve(args.catalog, host=args.host, port=args.port,
+          api_key=os.environ.get(config.API_KEY_ENV) or None, faults=faults)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (fixed forms from DESIGN.md, plus options)."""
+    parser = argparse.ArgumentParser(
+        prog="sessionlen", description="Predict Last.fm session lengths: pipeline steps.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate a synthetic dataset in the real format")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--users", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    p.add_argument("--scale", choices=list(config.SCALES), default="tiny")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("download", help="download and verify the real Last.fm 1K dataset")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--url", default=None, help="tarball URL (default: the official one)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("tracks", help="distinct (artist, track) pairs with play counts")
+    p.add_argument("--raw", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
+    _add_engine(p)
+    p.set_defaults(func=cmd_tracks)
+
+    p = sub.add_parser("metadata", help="track durations and genres (Last.fm API or offline)")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--limit", type=_positive_int, default=None)
+    p.add_argument("--rate", type=_positive_float, default=5.0, help="requests per second")
+    p.add_argument("--concurrency", type=_positive_int, default=4)
+    p.set_defaults(func=cmd_metadata)
+
+    p = sub.add_parser("denormalize", help="per-user play files joined with profile and metadata")
+    p.add_argument("--raw", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
+    _add_engine(p)
+    p.set_defaults(func=cmd_denormalize)
+
+    p = sub.add_parser("summarize", help="sessions, per-session summaries and splits")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--split", choices=["chrono", "seed"], default="chrono")
+    p.add_argument("--gap-minutes", type=_positive_float, default=config.SESSION_GAP_MINUTES)
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    _add_engine(p)
+    p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("run", help="execute every notebook in order (papermill)")
+    p.add_argument("--raw", type=Path, default=None,
+                   help="raw data dir (default: real data if present, else synthetic)")
+    p.add_argument("--work", type=Path, default=None, help="WORK dir (default work/<scale>)")
+    p.add_argument("--scale", choices=list(config.SCALES), default="demo")
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    p.add_argument("--engine", choices=["local", "spark"], default="local")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("fake-api", help="serve track.getInfo from a catalog on loopback")
+    p.add_argument("--catalog", type=Path, required=True, help="ground_truth/tracks.csv")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    for name in ("5xx", "rate-limit", "temporary", "operation-failed", "slow", "truncated",
+                 "reset"):
+        p.add_argument(f"--p-{name}", type=float, default=0.0,
+                       help=f"probability of a {name} fault per request")
+    p.add_argument("--slow-seconds", type=float, default=15.0)
+    p.set_defaults(func=cmd_fake_api)
+    return parser
+
+
+def run_cli(func: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a subcommand; user mistakes and OS errors become one line on stderr, never a trace."""
+    try:
+        func(args)
+    except SessionlenError as exc:
+        print(f"sessionlen {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        print(f"sessionlen {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sessionlen {args.command}: error: {exc.strerror or exc}"
+              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sessionlen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sessionlen` console script."""
+    args = build_parser().parse_args(argv)
+    return run_cli(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Column names and file names of the raw format and of every stage output (DESIGN.md)."""
+
+from __future__ import annotations
+
+PLAYS_FILE = "userid-timestamp-artid-artname-traid-traname.tsv"
+PROFILE_FILE = "userid-profile.tsv"
+
+# Raw plays: no header in the file; these are the names the reader gives the six fields.
+USER_ID = "user_id"
+TIMESTAMP = "timestamp"
+ARTIST_MBID = "artist_mbid"
+ARTIST_NAME = "artist_name"
+TRACK_MBID = "track_mbid"
+TRACK_NAME = "track_name"
+PLAYS_COLUMNS = [USER_ID, TIMESTAMP, ARTIST_MBID, ARTIST_NAME, TRACK_MBID, TRACK_NAME]
+
+# Raw profile: the file's header is `#id gender age country registered`.
+PROFILE_HEADER = ["#id", "gender", "age", "country", "registered"]
+GENDER = "gender"
+AGE = "age"
+COUNTRY = "country"
+REGISTERED = "registered"
+PROFILE_COLUMNS = [USER_ID, GENDER, AGE, COUNTRY, REGISTERED]
+
+# Rejects file: WORK/rejects/<input file name>.rejects.csv
+REJECTS_COLUMNS = ["line_number", "reason", "line"]
+
+# WORK/tracks/
+ARTIST_KEY = "artist_key"
+TRACK_KEY = "track_key"
+PLAY_COUNT = "play_count"
+UNIQUE_TRACKS_COLUMNS = [
+    ARTIST_KEY, TRACK_KEY, ARTIST_NAME, TRACK_NAME, ARTIST_MBID, TRACK_MBID, PLAY_COUNT,
+]
+DURATION = "duration"
+GENRE = "genre"
+DURATION_SOURCE = "duration_source"
+DURATION_SOURCES = ("api", "estimated", "default")
+TRACK_METADATA_COLUMNS = [ARTIST_KEY, TRACK_KEY, DURATION, GENRE, DURATION_SOURCE]
+
+# WORK/user_dir/{user_id}/*.csv
+USER_DIR_COLUMNS = [
+    USER_ID, TIMESTAMP, ARTIST_NAME, TRACK_NAME, GENDER, AGE, COUNTRY, REGISTERED, DURATION, GENRE,
+]
+
+# WORK/summary_dir/{train,validate,test}/{user_id}.csv
+SESSION_ID = "session_id"
+PREVIOUS_SESSION_LENGTH = "previous_session_length"
+AVERAGE_SESSION_LENGTH = "average_session_length"
+CURRENT_SESSION_LENGTH = "current_session_length"
+SUMMARY_COLUMNS = [
+    TIMESTAMP, USER_ID, SESSION_ID, GENDER, AGE, COUNTRY, REGISTERED,
+    PREVIOUS_SESSION_LENGTH, AVERAGE_SESSION_LENGTH, CURRENT_SESSION_LENGTH,
+]
+SPLITS = ("train", "validate", "test")
+
+# WORK/final_dir/{train,validate,test}/{user_id}.csv
+CURRENT_TIMESTAMP = "current_timestamp"
+START_TIMESTAMP = "start_timestamp"
+TRACK_DURATION = "track_duration"
+TIMES_PLAYED = "times_played"
+SESSION_LENGTH = "session_length"
+FINAL_COLUMNS = [
+    USER_ID, CURRENT_TIMESTAMP, START_TIMESTAMP, SESSION_ID, PREVIOUS_SESSION_LENGTH,
+    AVERAGE_SESSION_LENGTH, GENDER, AGE, COUNTRY, REGISTERED, TRACK_DURATION, TIMES_PLAYED,
+    ARTIST_NAME, TRACK_NAME, SESSION_LENGTH,
+]
+
+# WORK/final_dir/user_profile_cluster.csv
+PROFILE_CLUSTER_COLUMNS = [
+    USER_ID, GENDER, AGE, COUNTRY, REGISTERED, "top_artist", "top_track", "total_sessions",
+    AVERAGE_SESSION_LENGTH, "max_session_length", "median_session_length", "total_session_rows",
+]
+
+# WORK/results/experiments.csv
+EXPERIMENT_COLUMNS = [
+    "run_id", "finished_at", "stage", "model", "params", "n_test", "mae_s", "rmse_s",
+    "baseline_mae_s", "normalized_mae", "train_seconds",
+]
+
+# ground_truth/ of a synthetic dataset
+GT_SESSIONS_COLUMNS = [USER_ID, "start_ms", "length_s", "median_length_s"]
+GT_TRACKS_COLUMNS = [
+    ARTIST_NAME, TRACK_NAME, ARTIST_MBID, TRACK_MBID, "duration_ms", "tags",
+]
+GT_USERS_COLUMNS = [USER_ID, "archetype"]

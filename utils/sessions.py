@@ -1,0 +1,41 @@
+"""The session rule of DESIGN.md, vectorized over all users' plays at once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from utils.config import SESSION_GAP_MINUTES
+
+
+def session_starts(
+    user_codes: np.ndarray,
+    timestamps_ms: np.ndarray,
+    durations_s: np.ndarray,
+    gap_minutes: float = SESSION_GAP_MINUTES,
+) -> np.ndarray:
+    """Boolean mask of plays that start a session.
+
+    Inputs are sorted by (user, time). A play starts a session when it is a user's first play,
+    or when its gap to the previous play minus that play's duration exceeds the threshold.
+    Unknown durations (NaN) count as 0, as the rule says.
+    """
+    n = len(timestamps_ms)
+    starts = np.ones(n, dtype=bool)
+    if n < 2:
+        return starts
+    gap_ms = np.diff(timestamps_ms.astype(np.int64))
+    prev_ms = np.nan_to_num(np.asarray(durations_s[:-1], dtype=np.float64), nan=0.0) * 1000.0
+    same_user = user_codes[1:] == user_codes[:-1]
+    starts[1:] = ~same_user | (gap_ms - prev_ms > gap_minutes * 60_000.0)
+    return starts
+
+
+def session_lengths(
+    starts: np.ndarray, timestamps_ms: np.ndarray, durations_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-session (start index, length in seconds): last start - first start + last duration."""
+    first = np.flatnonzero(starts)
+    last = np.append(first[1:], len(starts)) - 1
+    ts = timestamps_ms.astype(np.int64)
+    last_duration = np.nan_to_num(np.asarray(durations_s, dtype=np.float64)[last], nan=0.0)
+    return first, (ts[last] - ts[first]) / 1000.0 + last_duration

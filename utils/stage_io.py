@@ -1,0 +1,209 @@
+"""Atomic stage outputs and their manifests: a stage is complete only when its manifest says so."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from utils.config import PROJECT_ROOT
+from utils.errors import SessionlenError, StageIncompleteError
+
+MANIFEST = "_manifest.json"
+
+# Which CLI command produces each stage: named in the error when a stage is missing.
+STAGE_COMMANDS = {
+    "tracks": "sessionlen tracks",
+    "metadata": "sessionlen metadata",
+    "denormalize": "sessionlen denormalize",
+    "summarize": "sessionlen summarize",
+    "vocab": "sessionlen vocab",
+    "session_data": "sessionlen session-data",
+    "profiles": "sessionlen profiles",
+}
+
+
+def code_version() -> str:
+    """The git commit of the code (with '+dirty' when modified), or 'unknown' outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            check=True, timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def describe_input(path: Path, hash_limit_bytes: int = 64 << 20) -> dict[str, Any]:
+    """Path, size and mtime of an input; its SHA-256 when small enough to hash cheaply."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {"path": str(path), "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    stat = path.stat()
+    info: dict[str, Any] = {"path": str(path), "bytes": stat.st_size, "mtime": stat.st_mtime}
+    if stat.st_size <= hash_limit_bytes:
+        info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return info
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w", **open_kwargs: Any) -> Iterator[Any]:
+    """Open a temp file beside `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temp directory that replaces `final` only when the block succeeds.
+
+    A crash or kill leaves at most a hidden `.name.tmp-PID` directory, which the next run removes;
+    `final` is either the old complete output or the new complete one, never a mix.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_manifest(
+    stage_dir: Path,
+    stage: str,
+    *,
+    inputs: Sequence[Path],
+    parameters: dict[str, Any],
+    rows_in: int,
+    rows_out: int,
+    rows_rejected: int,
+    outputs: Sequence[str],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Record `stage` as complete in `stage_dir/_manifest.json`; call it after the outputs exist.
+
+    Several stages may share a directory (tracks + metadata): each has its own entry. The
+    counts must reconcile (rows_in = rows_out + rows_rejected) or the manifest is not written.
+    """
+    if rows_in != rows_out + rows_rejected:
+        raise AssertionError(
+            f"stage {stage}: rows_in {rows_in} != rows_out {rows_out} + rejected {rows_rejected}"
+        )
+    missing = [name for name in outputs if not (Path(stage_dir) / name).exists()]
+    if missing:
+        raise AssertionError(f"stage {stage}: outputs missing before manifest: {missing}")
+    path = Path(stage_dir) / MANIFEST
+    manifest = _read_manifest(path) if path.exists() else {}
+    entry = {
+        "stage": stage,
+        "inputs": [describe_input(Path(p)) for p in inputs],
+        "parameters": parameters,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_rejected": rows_rejected,
+        "outputs": list(outputs),
+        "code_version": code_version(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    manifest[stage] = entry
+    write_json_atomic(path, manifest)
+    return entry
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StageIncompleteError(f"{path}: unreadable manifest ({exc})") from exc
+
+
+def require_stage(stage_dir: Path, stage: str) -> dict[str, Any]:
+    """Return the manifest entry of a complete stage, or fail naming the command to run first."""
+    path = Path(stage_dir) / MANIFEST
+    command = STAGE_COMMANDS.get(stage, stage)
+    if not path.exists():
+        raise StageIncompleteError(
+            f"{stage_dir}: stage '{stage}' has not completed (no {MANIFEST}); run `{command}` first"
+        )
+    entry = _read_manifest(path).get(stage)
+    if entry is None:
+        raise StageIncompleteError(
+            f"{path}: no complete '{stage}' entry; run `{command}` first"
+        )
+    missing = [name for name in entry["outputs"] if not (Path(stage_dir) / name).exists()]
+    if missing:
+        raise StageIncompleteError(
+            f"{stage_dir}: outputs {missing} of stage '{stage}' are missing; run `{command}` again"
+        )
+    return entry
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Fail with a one-line error if an input file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise SessionlenError(f"{path}: {what} not found")
+    return path
+
+
+class Timer:
+    """Context manager measuring wall time of a block into `.seconds`."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
