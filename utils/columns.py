@@ -29,8 +29,14 @@ REJECTS_COLUMNS = ["line_number", "reason", "line"]
 ARTIST_KEY = "artist_key"
 TRACK_KEY = "track_key"
 PLAY_COUNT = "play_count"
+# In-session start-to-start gaps after plays of a track (and of its artist): the offline
+# duration estimate when the API has no answer.
+GAP_MEDIAN_S = "gap_median_s"
+GAP_COUNT = "gap_count"
+ARTIST_GAP_MEDIAN_S = "artist_gap_median_s"
 UNIQUE_TRACKS_COLUMNS = [
     ARTIST_KEY, TRACK_KEY, ARTIST_NAME, TRACK_NAME, ARTIST_MBID, TRACK_MBID, PLAY_COUNT,
+    GAP_MEDIAN_S, GAP_COUNT, ARTIST_GAP_MEDIAN_S,
 ]
 DURATION = "duration"
 GENRE = "genre"

@@ -51,7 +51,8 @@ def describe_input(path: Path, hash_limit_bytes: int = 64 << 20) -> dict[str, An
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return {"path": str(path), "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+        size = sum(p.stat().st_size for p in files)
+        return {"path": str(path), "files": len(files), "bytes": size}
     stat = path.stat()
     info: dict[str, Any] = {"path": str(path), "bytes": stat.st_size, "mtime": stat.st_mtime}
     if stat.st_size <= hash_limit_bytes:

@@ -1,0 +1,69 @@
+"""The notebook runner, on throwaway notebooks executed for real with papermill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from utils import runner
+from utils.errors import SessionlenError
+
+
+def _notebook(path: Path, params: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture()
+def raw_dir(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "userid-timestamp-artid-artname-traid-traname.tsv").write_text("")
+    return raw
+
+
+@pytest.mark.notebooks
+def test_runs_in_order_injecting_only_declared_parameters(tmp_path: Path, raw_dir: Path) -> None:
+    out = tmp_path / "seen.txt"
+    first = _notebook(tmp_path / "1_a.ipynb", 'scale = "demo"\nwork_dir = ""',
+                      f"open({str(out)!r}, 'a').write(scale + ' ' + work_dir + '\\n')")
+    second = _notebook(tmp_path / "2_b.ipynb", "epochs = 30",
+                       f"open({str(out)!r}, 'a').write(str(epochs) + '\\n')")
+    paths = runner.run_pipeline(raw=raw_dir, work=tmp_path / "work", scale="tiny",
+                                notebooks=[first, second])
+    assert out.read_text().splitlines() == [f"tiny {tmp_path / 'work'}", "2"]
+    assert (paths.notebooks / tmp_path.name / "1_a.ipynb").is_file()
+
+
+@pytest.mark.notebooks
+def test_stops_at_first_failure_naming_it(tmp_path: Path, raw_dir: Path) -> None:
+    bad = _notebook(tmp_path / "1_bad.ipynb", "seed = 1", "raise ValueError('boom')")
+    never = _notebook(tmp_path / "2_never.ipynb", "seed = 1", "open('x', 'w')")
+    with pytest.raises(SessionlenError, match=r"1_bad\.ipynb failed.*ValueError: boom"):
+        runner.run_pipeline(raw=raw_dir, work=tmp_path / "work", scale="tiny",
+                            notebooks=[bad, never])
+    assert not (tmp_path / "x").exists()
+
+
+def test_stage_notebooks_are_in_design_order(tmp_path: Path) -> None:
+    for folder, names in {"baseline": ["2_t.ipynb", "1_s.ipynb"],
+                          "data_processing": ["10_z.ipynb", "2_y.ipynb", "notes.ipynb"]}.items():
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).write_text("{}")
+    found = [f"{p.parent.name}/{p.name}" for p in runner.stage_notebooks(tmp_path)]
+    assert found == ["data_processing/2_y.ipynb", "data_processing/10_z.ipynb",
+                     "baseline/1_s.ipynb", "baseline/2_t.ipynb"]
+
+
+def test_explicit_raw_dir_must_hold_the_plays_file(tmp_path: Path) -> None:
+    with pytest.raises(SessionlenError, match="no userid-timestamp"):
+        runner.prepare_raw("tiny", tmp_path)

@@ -1,0 +1,122 @@
+"""The pipeline runner: executes the stage notebooks in order with papermill."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils import columns, config
+from utils.errors import SessionlenError
+
+NOTEBOOK_NAME = re.compile(r"^(\d+)_.+\.ipynb$")
+KERNEL_NAME = "python3"
+
+
+def prepare_raw(scale: str, raw_dir: str | Path | None = None, seed: int = config.DEFAULT_SEED
+                ) -> Path:
+    """The raw data directory for a run, generating the synthetic dataset if it is the default."""
+    raw = config.resolve_raw(scale, raw_dir, seed)
+    if raw_dir:
+        if not (raw / columns.PLAYS_FILE).is_file():
+            raise SessionlenError(f"{raw}: no {columns.PLAYS_FILE} in the raw data directory")
+        return raw
+    if not (raw / columns.PLAYS_FILE).is_file():
+        from utils.synthetic import format_calibration, generate_dataset
+
+        print(f"generating the synthetic {scale} dataset (seed {seed}) in {raw}", flush=True)
+        print(format_calibration(generate_dataset(raw, scale=scale, seed=seed)), flush=True)
+    return raw
+
+
+def stage_notebooks(root: Path = config.PROJECT_ROOT) -> list[Path]:
+    """Every stage notebook, stage by stage in DESIGN.md order, numbered order within a stage."""
+    found: list[Path] = []
+    for stage in config.STAGE_FOLDERS:
+        numbered = [
+            (int(m.group(1)), p) for p in (root / stage).glob("*.ipynb")
+            if (m := NOTEBOOK_NAME.match(p.name))
+        ]
+        found.extend(p for _, p in sorted(numbered))
+    return found
+
+
+def notebook_parameters(notebook: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `values` that the notebook's `parameters` cell declares."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    return {name: value for name, value in values.items() if name in declared}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run left its outputs."""
+
+    raw: Path
+    work: Path
+    notebooks: Path
+    figures: Path
+    experiments: Path
+    report: Path
+
+
+def run_pipeline(
+    raw: str | Path | None = None,
+    work: str | Path | None = None,
+    scale: str = "demo",
+    engine: str = "local",
+    seed: int = config.DEFAULT_SEED,
+    notebooks: list[Path] | None = None,
+) -> RunPaths:
+    """Execute the notebooks in order; stop at the first failure naming the notebook and error."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    scale_cfg = config.get_scale(scale)
+    raw_path = prepare_raw(scale, raw, seed)
+    layout = config.WorkLayout(config.resolve_work(scale, work))
+    paths = RunPaths(raw_path, layout.root, layout.notebooks, layout.figures, layout.experiments,
+                     layout.results / "report.md")
+    print(f"raw data: {raw_path}\nWORK: {layout.root}", flush=True)
+    injected = {
+        "scale": scale, "work_dir": str(layout.root), "raw_dir": str(raw_path), "seed": seed,
+        "engine": engine, "epochs": scale_cfg.epochs, "clusters": scale_cfg.clusters,
+    }
+    for notebook in notebooks or stage_notebooks():
+        target = layout.notebooks / notebook.parent.name / notebook.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        print(f"running {notebook.parent.name}/{notebook.name} ...", flush=True)
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(target), parameters=notebook_parameters(notebook, injected),
+                kernel_name=KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False,
+                log_output=False,
+            )
+        except PapermillExecutionError as exc:
+            raise SessionlenError(
+                f"notebook {notebook.parent.name}/{notebook.name} failed in cell "
+                f"{exc.exec_count}: {exc.ename}: {exc.evalue} (executed copy: {target})"
+            ) from exc
+        print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
+    _print_outputs(paths)
+    return paths
+
+
+def _print_outputs(paths: RunPaths) -> None:
+    """Tell the user where everything is."""
+    lines = [
+        "pipeline finished",
+        f"  raw data:           {paths.raw}",
+        f"  WORK:               {paths.work}",
+        f"  executed notebooks: {paths.notebooks}",
+        f"  figures:            {paths.figures}",
+        f"  results table:      {paths.experiments}",
+    ]
+    if paths.report.exists():
+        lines.append(f"  report:             {paths.report}")
+    print("\n".join(lines), file=sys.stdout, flush=True)
