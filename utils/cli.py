@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from utils import config
 from utils.errors import SessionlenError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -102,9 +110,9 @@ def cmd_fake_api(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (fixed forms from DESIGN.md, plus options)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sessionlen", description="Predict Last.fm session lengths: pipeline steps.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("synth", help="generate a synthetic dataset in the real format")
     p.add_argument("--out", type=Path, required=True)
