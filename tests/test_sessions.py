@@ -26,3 +26,9 @@ def test_threshold_is_configurable() -> None:
     ts = np.array([0, 20 * MIN])
     assert session_starts(users, ts, np.zeros(2), gap_minutes=10).tolist() == [True, True]
     assert session_starts(users, ts, np.zeros(2), gap_minutes=30).tolist() == [True, False]
+
+
+def test_no_plays_gives_no_sessions() -> None:
+    empty = np.zeros(0)
+    first, lengths = session_lengths(session_starts(empty, empty, empty), empty, empty)
+    assert len(first) == 0 and len(lengths) == 0

@@ -192,7 +192,10 @@ def _type_name(hint: Any) -> str:
 
 @dataclass(frozen=True)
 class SessionParams(StrictParams):
-    """The session rule and the split (DESIGN.md, 'Session rule' and 'Evaluation protocol')."""
+    """The session rule and the split (DESIGN.md, 'Session rule' and 'Evaluation protocol').
+
+    The fractions apply to `chrono`; `seed` is the original's fixed 80/10/10 split of users.
+    """
 
     gap_minutes: float = SESSION_GAP_MINUTES
     split: typing.Literal["chrono", "seed"] = "chrono"
@@ -210,6 +213,8 @@ class CrawlParams(StrictParams):
     limit: int | None = None
     timeout_s: float = 10.0
     max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
     autocorrect: int = 1
     default_duration_s: float = 240.0
 

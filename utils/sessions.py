@@ -35,6 +35,8 @@ def session_lengths(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-session (start index, length in seconds): last start - first start + last duration."""
     first = np.flatnonzero(starts)
+    if len(first) == 0:
+        return first, np.zeros(0, dtype=np.float64)
     last = np.append(first[1:], len(starts)) - 1
     ts = timestamps_ms.astype(np.int64)
     last_duration = np.nan_to_num(np.asarray(durations_s, dtype=np.float64)[last], nan=0.0)
