@@ -88,6 +88,30 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     print(summarize(args.work, params, engine=args.engine, spark_master=args.spark_master))
 
 
+def cmd_vocab(args: argparse.Namespace) -> None:
+    from utils.vocab import build_vocab
+
+    print(build_vocab(args.work))
+
+
+def cmd_session_data(args: argparse.Namespace) -> None:
+    from utils.session_data import build_session_data
+
+    print(build_session_data(args.work))
+
+
+def cmd_profiles(args: argparse.Namespace) -> None:
+    from utils.profiles import build_user_profiles, threshold_params
+
+    params = config.ClusterParams(min_rows=args.min_rows, min_sessions=args.min_sessions,
+                                  max_average_length=args.max_average_length)
+    if args.thresholds == "scaled":
+        if args.raw is None:
+            raise SessionlenError("--thresholds scaled needs --raw (to tell synthetic data)")
+        params = threshold_params(params, "scaled", args.scale, args.raw)
+    print(build_user_profiles(args.work, params))
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from utils.runner import run_pipeline
 
@@ -152,6 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     _add_engine(p)
     p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("vocab", help="artist, track and country vocabularies fit on train")
+    p.add_argument("--work", type=Path, required=True)
+    p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser("session-data", help="per-play session rows for each split (final_dir)")
+    p.add_argument("--work", type=Path, required=True)
+    p.set_defaults(func=cmd_session_data)
+
+    p = sub.add_parser("profiles", help="train-only user profiles for clustering")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--min-rows", type=int, default=500)
+    p.add_argument("--min-sessions", type=int, default=30)
+    p.add_argument("--max-average-length", type=_positive_float, default=20000.0)
+    p.add_argument("--thresholds", choices=["original", "scaled"], default="original",
+                   help="scaled: shrink min rows/sessions to a shortened synthetic history")
+    p.add_argument("--scale", choices=list(config.SCALES), default="demo")
+    p.add_argument("--raw", type=Path, default=None)
+    p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("run", help="execute every notebook in order (papermill)")
     p.add_argument("--raw", type=Path, default=None,

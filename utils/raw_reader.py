@@ -101,7 +101,7 @@ class ReadResult:
 
 
 @dataclass
-class _Rejects:
+class Rejects:
     """Rejected lines of one chunk: 1-based line numbers (chunk-local), reasons, raw text."""
 
     line_numbers: np.ndarray
@@ -109,7 +109,7 @@ class _Rejects:
     lines: list[str]
 
     @classmethod
-    def concat(cls, parts: list[_Rejects]) -> _Rejects:
+    def concat(cls, parts: list[Rejects]) -> Rejects:
         """All parts in order, as one."""
         return cls(
             np.concatenate([p.line_numbers for p in parts]) if parts else np.zeros(0, np.int64),
@@ -151,7 +151,7 @@ class _Split:
         """Field `j` of the kept lines as a large_string array (UTF-8 already checked)."""
         return self.tokens.take(2 * (self.first_token[self.kept] + j)).view(pa.large_string())
 
-    def rejects(self, expected_fields: int, with_text: bool) -> _Rejects:
+    def rejects(self, expected_fields: int, with_text: bool) -> Rejects:
         """The rejected lines of the chunk, with their raw text decoded leniently when asked."""
         rows = np.flatnonzero(self.code)
         reasons = [
@@ -162,7 +162,7 @@ class _Split:
             self.buf[s:e].tobytes().decode("utf-8", errors="replace")
             for s, e in zip(self.starts[rows].tolist(), self.ends[rows].tolist(), strict=True)
         ] if with_text else []
-        return _Rejects(rows.astype(np.int64) + 1, reasons, lines)
+        return Rejects(rows.astype(np.int64) + 1, reasons, lines)
 
 
 def split_lines(buf: np.ndarray, n_fields: int) -> _Split:
@@ -309,7 +309,7 @@ class _PlaysChunk:
 
     table: pa.Table
     n_lines: int
-    rejects: _Rejects
+    rejects: Rejects
 
 
 def parse_plays_chunk(buf: np.ndarray, with_text: bool = True) -> _PlaysChunk:
@@ -359,7 +359,7 @@ def iter_line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.
         yield np.frombuffer(carry + b"\n", dtype=np.uint8)
 
 
-def _read_head(path: Path, size: int) -> np.ndarray:
+def read_head(path: Path, size: int) -> np.ndarray:
     """The complete lines within the first `size` bytes of a file (all of a short file)."""
     with open(path, "rb") as fh:
         head = fh.read(size)
@@ -371,13 +371,13 @@ def _read_head(path: Path, size: int) -> np.ndarray:
     return np.frombuffer(head, dtype=np.uint8)
 
 
-def _check_not_empty(path: Path, what: str, expected: str, rows_in: int) -> None:
+def check_not_empty(path: Path, what: str, expected: str, rows_in: int) -> None:
     """Refuse a file with no lines at all."""
     if rows_in == 0:
         raise SessionlenError(f"{path}: empty file; expected a Last.fm 1K {what} file: {expected}")
 
 
-def _check_mostly_valid(path: Path, what: str, expected: str, rows_in: int, rejects: _Rejects,
+def check_mostly_valid(path: Path, what: str, expected: str, rows_in: int, rejects: Rejects,
                         scope: str = "") -> None:
     """Refuse a file that is not this format at all: more than half of its lines malformed."""
     rejected = len(rejects.line_numbers)
@@ -410,17 +410,17 @@ def _read_plays_chunks(path: Path, with_text: bool) -> tuple[list[_PlaysChunk], 
     return results, sum(r.n_lines for r in results)
 
 
-def _renumber(chunks: list[_PlaysChunk]) -> tuple[pa.Table, _Rejects]:
+def _renumber(chunks: list[_PlaysChunk]) -> tuple[pa.Table, Rejects]:
     """Concatenate chunk results, turning chunk-local line numbers into file line numbers."""
     tables, parts, offset = [], [], 0
     for chunk in chunks:
         index = chunk.table.schema.get_field_index(LINE_NUMBER)
         tables.append(chunk.table.set_column(
             index, LINE_NUMBER, pc.add(chunk.table[LINE_NUMBER], offset)))
-        parts.append(_Rejects(chunk.rejects.line_numbers + offset, chunk.rejects.reasons,
+        parts.append(Rejects(chunk.rejects.line_numbers + offset, chunk.rejects.reasons,
                               chunk.rejects.lines))
         offset += chunk.n_lines
-    return pa.concat_tables(tables), _Rejects.concat(parts)
+    return pa.concat_tables(tables), Rejects.concat(parts)
 
 
 def rejects_file(path: Path, rejects_dir: Path) -> Path:
@@ -428,7 +428,7 @@ def rejects_file(path: Path, rejects_dir: Path) -> Path:
     return Path(rejects_dir) / f"{Path(path).name}.rejects.csv"
 
 
-def _write_rejects(path: Path, rejects_dir: Path | None, rejects: _Rejects) -> Path | None:
+def write_rejects(path: Path, rejects_dir: Path | None, rejects: Rejects) -> Path | None:
     """Write the rejects CSV atomically; with no rejects, remove a stale one and return None."""
     if rejects_dir is None:
         return None
@@ -453,14 +453,14 @@ def read_plays_arrow(path: Path, rejects_dir: Path | None = None) -> pa.Table:
     """
     path = require_file(Path(path), "plays file")
     # The first lines decide quickly whether this is a plays file at all.
-    head = parse_plays_chunk(_read_head(path, SNIFF_BYTES), with_text=False)
-    _check_mostly_valid(path, "plays", PLAYS_EXPECTED, head.n_lines, head.rejects,
+    head = parse_plays_chunk(read_head(path, SNIFF_BYTES), with_text=False)
+    check_mostly_valid(path, "plays", PLAYS_EXPECTED, head.n_lines, head.rejects,
                         scope=" at the start of the file")
     chunks, rows_in = _read_plays_chunks(path, with_text=rejects_dir is not None)
-    _check_not_empty(path, "plays", PLAYS_EXPECTED, rows_in)
+    check_not_empty(path, "plays", PLAYS_EXPECTED, rows_in)
     table, rejects = _renumber(chunks)
-    _check_mostly_valid(path, "plays", PLAYS_EXPECTED, rows_in, rejects)
-    target = _write_rejects(path, rejects_dir, rejects)
+    check_mostly_valid(path, "plays", PLAYS_EXPECTED, rows_in, rejects)
+    target = write_rejects(path, rejects_dir, rejects)
     return table.replace_schema_metadata({
         "rows_in": str(rows_in),
         "rows_rejected": str(len(rejects.line_numbers)),
@@ -557,7 +557,7 @@ def read_profiles(path: Path, rejects_dir: Path | None = None) -> ReadResult:
     # Line 1 is the header, so the first user is on line 2.
     rejects.line_numbers += 1
     rows_in = len(split.ends)
-    _check_mostly_valid(path, "profile", PROFILE_EXPECTED, rows_in, rejects)
+    check_mostly_valid(path, "profile", PROFILE_EXPECTED, rows_in, rejects)
     frame, nullified = _profile_values(split)
-    target = _write_rejects(path, rejects_dir, rejects)
+    target = write_rejects(path, rejects_dir, rejects)
     return ReadResult(frame, rows_in, len(rejects.line_numbers), target, nullified)

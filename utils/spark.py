@@ -28,6 +28,7 @@ def get_spark(master: str | None = None, app_name: str = "sessionlen") -> SparkS
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "4g")
         .config("spark.sql.ansi.enabled", "false")
         .getOrCreate()
     )

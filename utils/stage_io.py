@@ -169,6 +169,28 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise StageIncompleteError(f"{path}: unreadable manifest ({exc})") from exc
 
 
+def forget_stage(stage_dir: Path, stage: str) -> None:
+    """Drop a stage's manifest entry before rewriting its outputs.
+
+    A stage writing several outputs cannot replace them in one rename; without its entry a
+    half-replaced stage reads as incomplete instead of passing for the old, complete one.
+    """
+    path = Path(stage_dir) / MANIFEST
+    if not path.exists():
+        return
+    manifest = _read_manifest(path)
+    if manifest.pop(stage, None) is not None:
+        write_json_atomic(path, manifest)
+
+
+def annotate_stage(stage_dir: Path, stage: str, **fields: Any) -> None:
+    """Add fields (counts a reader wants to see) to a completed stage's manifest entry."""
+    path = Path(stage_dir) / MANIFEST
+    manifest = _read_manifest(path)
+    manifest[stage].update(fields)
+    write_json_atomic(path, manifest)
+
+
 def require_stage(stage_dir: Path, stage: str) -> dict[str, Any]:
     """Return the manifest entry of a complete stage, or fail naming the command to run first."""
     path = Path(stage_dir) / MANIFEST

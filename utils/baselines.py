@@ -1,0 +1,121 @@
+"""Naive baselines (and the synthetic oracle) predicted for the test rows, fit on train only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils.columns import (
+    CURRENT_SESSION_LENGTH,
+    GT_SESSIONS_COLUMNS,
+    PREVIOUS_SESSION_LENGTH,
+    SESSION_ID,
+    TIMESTAMP,
+    USER_ID,
+)
+from utils.errors import SessionlenError
+from utils.stage_io import require_file
+from utils.summaries import SOURCE_ID, USER_IDS_COLUMNS
+
+BASELINES = ("global_median", "user_mean", "user_median", "previous_session")
+ORACLE = "oracle"
+KEY_COLUMNS = [USER_ID, TIMESTAMP, SESSION_ID]
+GT_SESSIONS_FILE = "sessions.csv"
+GT_START = "start_ms"
+GT_MEDIAN = "median_length_s"
+
+
+def _train_lengths(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The train rows' (user_id, length), failing if there are none."""
+    for name in ("train", "test"):
+        if name not in splits:
+            raise SessionlenError(f"the summaries have no {name!r} split")
+    train = splits["train"][[USER_ID, CURRENT_SESSION_LENGTH]]
+    if train.empty:
+        raise SessionlenError("the train split has no sessions: baselines cannot be fit")
+    return train
+
+
+def naive_predictions(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The four naive baselines for each test row (row order kept), fit on `train` only.
+
+    Users without train sessions get the global train mean (user_mean) and the global train
+    median (user_median); a user's first session has no previous one and gets the global median.
+    """
+    lengths = train[CURRENT_SESSION_LENGTH]
+    per_user = train.groupby(USER_ID)[CURRENT_SESSION_LENGTH].agg(["mean", "median"])
+    stats = per_user.reindex(test[USER_ID].to_numpy())
+    global_median = float(lengths.median())
+    first = test[SESSION_ID].to_numpy() == 0
+    out = test[KEY_COLUMNS].reset_index(drop=True)
+    out["global_median"] = global_median
+    out["user_mean"] = stats["mean"].fillna(float(lengths.mean())).to_numpy()
+    out["user_median"] = stats["median"].fillna(global_median).to_numpy()
+    out["previous_session"] = np.where(
+        first, global_median, test[PREVIOUS_SESSION_LENGTH].to_numpy(dtype=np.float64))
+    cold = stats["mean"].isna().to_numpy()
+    out.attrs["cold_start_rows"] = int(cold.sum())
+    out.attrs["cold_start_users"] = int(pd.unique(test[USER_ID].to_numpy()[cold]).size)
+    return out
+
+
+def read_ground_truth_sessions(ground_truth_dir: Path) -> pd.DataFrame:
+    """ground_truth/sessions.csv of a synthetic dataset, its columns checked."""
+    path = require_file(Path(ground_truth_dir) / GT_SESSIONS_FILE, "ground-truth sessions")
+    truth = pd.read_csv(path, dtype={USER_ID: str}, keep_default_na=False)
+    missing = [c for c in GT_SESSIONS_COLUMNS if c not in truth.columns]
+    if missing:
+        raise SessionlenError(f"{path}: missing column(s) {', '.join(missing)}")
+    return truth[GT_SESSIONS_COLUMNS]
+
+
+def oracle_predictions(test: pd.DataFrame, truth: pd.DataFrame, user_ids: pd.DataFrame
+                       ) -> tuple[np.ndarray, int]:
+    """(planted median length per test row, rows whose start matches a planted start exactly).
+
+    Sessions are matched on the user's source id and start time. When the pipeline's sessions
+    differ from the planted ones (estimated durations), a session takes the planted session in
+    progress at its start: the latest planted start at or before it.
+    """
+    missing = [c for c in USER_IDS_COLUMNS if c not in user_ids.columns]
+    if missing:
+        raise SessionlenError(f"user id mapping lacks column(s) {', '.join(missing)}")
+    source = pd.Series(user_ids[SOURCE_ID].to_numpy(), index=user_ids[USER_ID].to_numpy())
+    left = pd.DataFrame({
+        SOURCE_ID: source.reindex(test[USER_ID].to_numpy()).to_numpy(dtype=object),
+        TIMESTAMP: test[TIMESTAMP].to_numpy(dtype=np.int64),
+        "row": np.arange(len(test)),
+    }).sort_values(TIMESTAMP, kind="stable")
+    right = pd.DataFrame({
+        SOURCE_ID: truth[USER_ID].to_numpy(dtype=object),
+        GT_START: truth[GT_START].to_numpy(dtype=np.int64),
+        GT_MEDIAN: truth[GT_MEDIAN].to_numpy(dtype=np.float64),
+    }).sort_values(GT_START, kind="stable")
+    matched = pd.merge_asof(left, right, left_on=TIMESTAMP, right_on=GT_START, by=SOURCE_ID,
+                            direction="backward").sort_values("row")
+    unmatched = int(matched[GT_MEDIAN].isna().sum())
+    if unmatched:
+        raise SessionlenError(
+            f"the ground truth has no planted session for {unmatched} of {len(test)} test "
+            f"sessions (is it the ground truth of this dataset?)")
+    exact = int((matched[GT_START] == matched[TIMESTAMP]).sum())
+    return matched[GT_MEDIAN].to_numpy(), exact
+
+
+def baseline_predictions(splits: dict[str, pd.DataFrame], ground_truth_dir: Path | None,
+                         user_ids: pd.DataFrame) -> pd.DataFrame:
+    """Every baseline's prediction (seconds) for each test row, in test row order.
+
+    Columns: user_id, timestamp, session_id (the row keys), then one column per baseline, plus
+    `oracle` when `ground_truth_dir` is given. `attrs` counts the cold-start users and rows and
+    the oracle's exact matches.
+    """
+    train = _train_lengths(splits)
+    test = splits["test"]
+    out = naive_predictions(train, test)
+    if ground_truth_dir is not None:
+        truth = read_ground_truth_sessions(Path(ground_truth_dir))
+        out[ORACLE], out.attrs["oracle_exact_rows"] = oracle_predictions(test, truth, user_ids)
+    return out

@@ -1,0 +1,117 @@
+"""The figures of the model comparison: each function draws one, saves it as PNG, returns it.
+
+Figures are closed after saving so that a notebook shows each exactly once: when a cell returns it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from utils.stage_io import atomic_file
+
+# Length buckets (seconds) for the error breakdown: minutes to many hours, heavy tail included.
+BUCKET_EDGES_S = [0, 300, 900, 1800, 3600, 7200, 14400, np.inf]
+BUCKET_LABELS = ["<5 min", "5-15 min", "15-30 min", "30-60 min", "1-2 h", "2-4 h", ">4 h"]
+KIND_COLORS = {"baseline": "#9e9e9e", "oracle": "#212121", "network": "#1f77b4",
+               "lightgbm": "#2ca02c"}
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write `fig` as a PNG atomically and release it from pyplot."""
+    with atomic_file(Path(path), "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_mae_per_model(table: pd.DataFrame) -> Figure:
+    """Horizontal bars of test MAE per model (kind-coloured), the oracle as a dashed line.
+
+    `table` needs columns label, kind (baseline | oracle | network | lightgbm) and mae_s.
+    """
+    shown = table[table["kind"] != "oracle"].sort_values("mae_s", ascending=False)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.5))
+    colors = [KIND_COLORS.get(kind, "#ff7f0e") for kind in shown["kind"]]
+    ax.barh(shown["label"], shown["mae_s"], color=colors)
+    for y, value in enumerate(shown["mae_s"]):
+        ax.annotate(f"{value:,.0f}", (value, y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    oracle = table.loc[table["kind"] == "oracle", "mae_s"]
+    if len(oracle):
+        ax.axvline(oracle.iloc[0], color=KIND_COLORS["oracle"], linestyle="--",
+                   label=f"oracle {oracle.iloc[0]:,.0f} s")
+        ax.legend(loc="upper right")
+    low = min(shown["mae_s"].min(), oracle.min() if len(oracle) else np.inf)
+    # Models differ by a few percent: start the axis near the best so differences are visible.
+    ax.set_xlim(0.9 * low, 1.04 * shown["mae_s"].max())
+    ax.set_xlabel("test MAE (seconds)")
+    ax.set_title("MAE per model (grey: baselines)")
+    return fig
+
+
+def plot_predicted_vs_actual(actual_s: np.ndarray, predicted_s: np.ndarray, model: str) -> Figure:
+    """Log-log density of predicted against actual session length, with the identity line."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    actual, predicted = np.log10(1.0 + actual_s), np.log10(1.0 + predicted_s)
+    hexes = ax.hexbin(actual, predicted, gridsize=50, bins="log", mincnt=1, cmap="viridis")
+    ends = [min(actual.min(), predicted.min()), max(actual.max(), predicted.max())]
+    ax.plot(ends, ends, color="red", linewidth=1, label="predicted = actual")
+    ax.set_xlabel("actual length, log10(1 + s)")
+    ax.set_ylabel("predicted length, log10(1 + s)")
+    ax.set_title(f"{model}: predicted vs actual (test)")
+    ax.legend(loc="upper left")
+    fig.colorbar(hexes, ax=ax, label="sessions (log)")
+    return fig
+
+
+def error_by_bucket(actual_s: np.ndarray, predictions: dict[str, np.ndarray]) -> pd.DataFrame:
+    """MAE of each model within buckets of the actual length (rows: buckets, with counts)."""
+    bucket = pd.cut(actual_s, BUCKET_EDGES_S, labels=BUCKET_LABELS, right=False)
+    errors = pd.DataFrame({name: np.abs(pred - actual_s) for name, pred in predictions.items()})
+    table = errors.groupby(bucket, observed=False).mean()
+    table.insert(0, "sessions", errors.groupby(bucket, observed=False).size())
+    return table
+
+
+def plot_error_by_bucket(actual_s: np.ndarray, predictions: dict[str, np.ndarray]) -> Figure:
+    """MAE per actual-length bucket for each model (log scale: errors grow with length)."""
+    table = error_by_bucket(actual_s, predictions)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    positions = np.arange(len(table))
+    for name in predictions:
+        ax.plot(positions, table[name], marker="o", label=name)
+    ax.set_xticks(positions, [f"{label}\n(n={n:,})" for label, n in
+                              zip(table.index, table["sessions"], strict=True)], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("MAE (seconds)")
+    ax.set_xlabel("actual session length")
+    ax.set_title("MAE by actual-length bucket (test)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_learning_curves(curves: dict[str, dict[str, list[float]]]) -> Figure:
+    """Train and validation loss per epoch for each network, best epoch marked."""
+    n = max(1, len(curves))
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, curve) in zip(axes.flat, curves.items(), strict=False):
+        epochs = np.arange(1, len(curve["loss"]) + 1)
+        ax.plot(epochs, curve["loss"], label="train")
+        ax.plot(epochs, curve["val_loss"], label="validation")
+        best = int(np.argmin(curve["val_loss"]))
+        ax.axvline(best + 1, color="grey", linestyle=":", label=f"best epoch {best + 1}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (MAE, standardized log)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig

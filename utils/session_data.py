@@ -1,0 +1,399 @@
+"""Per-play session data (final_dir): every play with its session's summary row and its split.
+
+The sessions of each user's plays are recomputed from user_dir with the summarize stage's own rule
+and gap, then matched one to one with the sessions in summary_dir (same count, same start times,
+same lengths). Each play therefore lands in exactly the split of its session, and the per-play
+rows carry the very summary values (ids, profile codes, lengths) the baseline stage uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from utils import columns as C
+from utils import summaries
+from utils.config import WorkLayout
+from utils.errors import SessionlenError
+from utils.sessions import session_lengths, session_starts
+from utils.stage_io import (
+    Timer,
+    annotate_stage,
+    atomic_dir,
+    forget_stage,
+    require_stage,
+    write_manifest,
+)
+from utils.vocab import UNKNOWN_ID, Vocabulary, read_vocabularies
+
+STAGE = "session_data"
+PROFILES_STAGE = "profiles"
+SPLIT = "split"  # index into columns.SPLITS: 0 train, 1 validate, 2 test
+# Summary lengths are rounded to the millisecond; recomputed ones may differ by half of one.
+LENGTH_TOLERANCE_S = 1e-3
+READ_THREADS = 2
+PREFETCH_USERS = 4
+_NAMES = pa.dictionary(pa.int32(), pa.string())
+_PLAY_TYPES: dict[str, pa.DataType] = {
+    C.TIMESTAMP: pa.timestamp("ms", tz="UTC"), C.ARTIST_NAME: _NAMES, C.TRACK_NAME: _NAMES,
+    C.DURATION: pa.float64(),
+}
+_INT_COLUMNS = {
+    C.USER_ID, C.CURRENT_TIMESTAMP, C.START_TIMESTAMP, C.SESSION_ID, C.GENDER, C.AGE, C.COUNTRY,
+    C.REGISTERED, C.TIMES_PLAYED, C.ARTIST_NAME, C.TRACK_NAME,
+}
+FINAL_TYPES: dict[str, pa.DataType] = {
+    name: pa.int64() if name in _INT_COLUMNS else pa.float64() for name in C.FINAL_COLUMNS
+}
+
+
+@dataclass(frozen=True)
+class PlaySource:
+    """The denormalized plays of every user and the summarized sessions they must match."""
+
+    user_dir: Path
+    summary_dir: Path
+    users: dict[str, list[Path]]
+    user_codes: dict[str, int]
+    sessions: pd.DataFrame
+    gap_minutes: float
+    expected_plays: int
+
+    def user_sessions(self, code: int) -> pd.DataFrame:
+        """One user's sessions of every split, in time order (a slice of `sessions`)."""
+        codes = self.sessions[C.USER_ID].to_numpy()
+        lo, hi = np.searchsorted(codes, [code, code + 1])
+        return self.sessions.iloc[lo:hi]
+
+
+def open_play_source(layout: WorkLayout) -> PlaySource:
+    """Check the denormalize and summarize stages and load what matching plays needs."""
+    require_stage(layout.user_dir, "denormalize")
+    entry = require_stage(layout.summary_dir, "summarize")
+    users = summaries.user_files(layout.user_dir)
+    ids = summaries.load_user_ids(layout.root)
+    codes = dict(zip(ids[summaries.SOURCE_ID], ids[C.USER_ID].astype(int), strict=True))
+    unknown = sorted(set(users) - set(codes))
+    if unknown:
+        raise SessionlenError(
+            f"{layout.summary_dir / summaries.USER_IDS_FILE}: no integer id for user "
+            f"{unknown[0]} of user_dir ({len(unknown)} such users); rerun `sessionlen summarize`"
+        )
+    frames = [frame.assign(**{SPLIT: np.int8(C.SPLITS.index(name))})
+              for name, frame in summaries.load_summaries(layout.root).items()]
+    sessions = pd.concat(frames, ignore_index=True).sort_values(
+        [C.USER_ID, C.TIMESTAMP], kind="stable", ignore_index=True)
+    return PlaySource(
+        user_dir=layout.user_dir, summary_dir=layout.summary_dir, users=users, user_codes=codes,
+        sessions=sessions, gap_minutes=float(entry["parameters"]["gap_minutes"]),
+        expected_plays=int(entry["rows_in"]),
+    )
+
+
+@dataclass(frozen=True)
+class UserPlays:
+    """One user's plays, oldest first; names as codes into the user's distinct names.
+
+    Names are handled as codes so that the per-play work (sessions, repeat counts, vocabulary
+    look-ups) is integer arithmetic; strings are touched once per distinct name.
+    """
+
+    timestamp_ms: np.ndarray
+    duration_s: np.ndarray
+    artist: np.ndarray
+    track: np.ndarray
+    artists: pd.DataFrame
+    tracks: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.timestamp_ms)
+
+
+def _read_play_file(path: Path, user: str) -> pa.Table:
+    """One user_dir file: timestamp, dictionary-encoded names, duration."""
+    summaries.check_header(path)
+    try:
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types=_PLAY_TYPES, include_columns=list(_PLAY_TYPES)))
+    except pa.ArrowInvalid as exc:
+        raise SessionlenError(f"{path}: {str(exc).splitlines()[0]}") from exc
+    if table.column(C.TIMESTAMP).null_count:
+        raise SessionlenError(f"{path}: empty timestamp in the plays of {user}")
+    return table
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, distinct values) of a one-chunk dictionary column."""
+    if column.num_chunks == 0:
+        return np.zeros(0, np.int64), np.array([], dtype=object)
+    chunk = column.chunk(0)
+    return (chunk.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+            chunk.dictionary.to_numpy(zero_copy_only=False))
+
+
+def read_user_plays(user: str, files: list[Path]) -> UserPlays:
+    """One user's plays, oldest first, ties in file order: exactly the summarize stage's order,
+    so tied plays end their session identically."""
+    tables = [_read_play_file(path, user) for path in files]
+    if tables:
+        table = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
+    else:
+        table = pa.schema(list(_PLAY_TYPES.items())).empty_table()
+    stamps = table.column(C.TIMESTAMP).cast(pa.int64()).to_numpy()
+    order = np.argsort(stamps, kind="stable")
+    artist, artist_names = _codes(table.column(C.ARTIST_NAME))
+    track_text, track_names = _codes(table.column(C.TRACK_NAME))
+    artist, track_text = artist[order], track_text[order]
+    # A track is the (artist, track name) pair: "Intro" by two artists is two tracks.
+    pairs, track = np.unique(artist * max(len(track_names), 1) + track_text, return_inverse=True)
+    pair_artist, pair_track = np.divmod(pairs, max(len(track_names), 1))
+    return UserPlays(
+        timestamp_ms=stamps[order],
+        duration_s=table.column(C.DURATION).to_numpy()[order],
+        artist=artist, track=track.reshape(-1),
+        artists=pd.DataFrame({C.ARTIST_NAME: artist_names}),
+        tracks=pd.DataFrame({C.ARTIST_NAME: artist_names[pair_artist],
+                             C.TRACK_NAME: track_names[pair_track]}),
+    )
+
+
+def match_sessions(plays: UserPlays, sessions: pd.DataFrame, gap_minutes: float,
+                   where: str) -> np.ndarray:
+    """Row of `sessions` each play belongs to; fails unless the sessions agree one to one."""
+    stamps, durations = plays.timestamp_ms, plays.duration_s
+    starts = session_starts(np.zeros(len(stamps), np.int8), stamps, durations, gap_minutes)
+    first, lengths = session_lengths(starts, stamps, durations)
+    expected = sessions[C.TIMESTAMP].to_numpy(np.int64)
+    if len(first) != len(expected) or not np.array_equal(stamps[first], expected):
+        raise SessionlenError(
+            f"{where}: the plays form {len(first)} sessions, summary_dir has {len(expected)} "
+            f"with other start times (user_dir changed after summarizing?); rerun "
+            f"`sessionlen summarize`"
+        )
+    summary_lengths = sessions[C.CURRENT_SESSION_LENGTH].to_numpy(np.float64)
+    off = np.abs(lengths - summary_lengths) > LENGTH_TOLERANCE_S
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise SessionlenError(
+            f"{where}: session {i} lasts {lengths[i]:.3f} s by the plays but "
+            f"{summary_lengths[i]:.3f} s in summary_dir; rerun `sessionlen summarize`"
+        )
+    return np.cumsum(starts) - 1
+
+
+def times_played(session_row: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """Plays of the same track within the session so far, this play included.
+
+    Plays are in time order: a stable sort by (session, track) keeps each group in time order,
+    and a play's rank inside its group is its count so far.
+    """
+    key = np.asarray(session_row, np.int64) * (int(track.max(initial=0)) + 1) + track
+    order = np.argsort(key, kind="stable")
+    ranked = key[order]
+    index = np.arange(len(key))
+    group_start = np.maximum.accumulate(
+        np.where(np.r_[True, ranked[1:] != ranked[:-1]], index, 0)) if len(key) else index
+    counts = np.empty(len(key), np.int64)
+    counts[order] = index - group_start + 1
+    return counts
+
+
+# Columns copied from each play's session row (final name <- summary name).
+_FROM_SESSION = {
+    C.USER_ID: C.USER_ID, C.START_TIMESTAMP: C.TIMESTAMP, C.SESSION_ID: C.SESSION_ID,
+    C.PREVIOUS_SESSION_LENGTH: C.PREVIOUS_SESSION_LENGTH,
+    C.AVERAGE_SESSION_LENGTH: C.AVERAGE_SESSION_LENGTH, C.GENDER: C.GENDER, C.AGE: C.AGE,
+    C.COUNTRY: C.COUNTRY, C.REGISTERED: C.REGISTERED, C.SESSION_LENGTH: C.CURRENT_SESSION_LENGTH,
+    SPLIT: SPLIT,
+}
+
+
+@dataclass(frozen=True)
+class SplitPlays:
+    """One user's per-play rows with their split.
+
+    `rows` holds FINAL_COLUMNS plus `split`, except that artist_name and track_name are still
+    codes into this user's `artists` and `tracks` tables (names), not vocabulary ids.
+    """
+
+    user: str
+    rows: pd.DataFrame
+    artists: pd.DataFrame
+    tracks: pd.DataFrame
+
+    def in_split(self, name: str) -> np.ndarray:
+        """Boolean mask of the rows of one split."""
+        return self.rows[SPLIT].to_numpy() == C.SPLITS.index(name)
+
+    def name_counts(self, kind: str, mask: np.ndarray) -> pd.DataFrame:
+        """Plays per distinct artist or track (kind "artists" | "tracks") among masked rows."""
+        names, column = (self.artists, C.ARTIST_NAME) if kind == "artists" else (
+            self.tracks, C.TRACK_NAME)
+        plays = np.bincount(self.rows[column].to_numpy()[mask], minlength=len(names))
+        return names.assign(count=plays)[plays > 0]
+
+    def encoded(self, vocabs: dict[str, Vocabulary]) -> pd.DataFrame:
+        """FINAL_COLUMNS plus split, with artist and track as vocabulary ids."""
+        artist_ids = vocabs["artists"].encode(self.artists)
+        track_ids = vocabs["tracks"].encode(self.tracks)
+        return self.rows.assign(**{
+            C.ARTIST_NAME: artist_ids[self.rows[C.ARTIST_NAME].to_numpy()],
+            C.TRACK_NAME: track_ids[self.rows[C.TRACK_NAME].to_numpy()],
+        })
+
+
+def split_plays(user: str, plays: UserPlays, sessions: pd.DataFrame, gap_minutes: float,
+                where: str) -> SplitPlays:
+    """Each play of a user with its session's summary values and split."""
+    row = match_sessions(plays, sessions, gap_minutes, where)
+    session = {final: sessions[name].to_numpy()[row] for final, name in _FROM_SESSION.items()}
+    play = {
+        C.CURRENT_TIMESTAMP: plays.timestamp_ms,
+        C.TRACK_DURATION: plays.duration_s,
+        C.TIMES_PLAYED: times_played(row, plays.track),
+        C.ARTIST_NAME: plays.artist,
+        C.TRACK_NAME: plays.track,
+    }
+    merged = {**session, **play}
+    rows = pd.DataFrame({name: merged[name] for name in [*C.FINAL_COLUMNS, SPLIT]})
+    return SplitPlays(user, rows, plays.artists, plays.tracks)
+
+
+def load_split_plays(source: PlaySource, user: str) -> SplitPlays:
+    """One user of user_dir with the split of each play."""
+    plays = read_user_plays(user, source.users[user])
+    sessions = source.user_sessions(source.user_codes[user])
+    return split_plays(user, plays, sessions, source.gap_minutes, str(source.user_dir / user))
+
+
+def iter_split_plays(source: PlaySource) -> Iterator[SplitPlays]:
+    """Every user of user_dir with the split of each play, in user order.
+
+    The next few users are read on worker threads (Arrow parsing releases the GIL) while the
+    caller works on the current one; the window bounds how many users sit in memory.
+    """
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        pending: deque[Future[SplitPlays]] = deque()
+        for user in source.users:
+            pending.append(pool.submit(load_split_plays, source, user))
+            if len(pending) > PREFETCH_USERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def check_play_count(source: PlaySource, plays: int) -> None:
+    """Fail unless every play summarize read was assigned to a split here."""
+    if plays != source.expected_plays:
+        raise SessionlenError(
+            f"{source.user_dir}: {plays} plays now, but summarize read {source.expected_plays}; "
+            f"rerun `sessionlen summarize`"
+        )
+
+
+def write_final_csv(frame: pd.DataFrame, path: Path) -> None:
+    """One final_dir file: FINAL_COLUMNS with the pyarrow CSV writer (unknown values empty)."""
+    table = pa.table({name: pa.array(frame[name].to_numpy(), FINAL_TYPES[name], from_pandas=True)
+                      for name in C.FINAL_COLUMNS})
+    with open(path, "wb") as fh:
+        fh.write((",".join(C.FINAL_COLUMNS) + "\n").encode())
+        pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(include_header=False))
+
+
+SPLIT_COUNTS = ["plays", "sessions", "users", "unknown_artist_plays", "unknown_track_plays"]
+
+
+def _split_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Plays, sessions and unknown-name plays of one user's rows of one split."""
+    return {
+        "plays": len(frame),
+        "sessions": int(frame[C.SESSION_ID].nunique()),
+        "users": int(len(frame) > 0),
+        "unknown_artist_plays": int((frame[C.ARTIST_NAME] == UNKNOWN_ID).sum()),
+        "unknown_track_plays": int((frame[C.TRACK_NAME] == UNKNOWN_ID).sum()),
+    }
+
+
+def build_session_data(work: str | Path) -> dict[str, Any]:
+    """Write final_dir/{train,validate,test}/{user_id}.csv: every play, in its session's split."""
+    layout = WorkLayout(Path(work))
+    with Timer() as timer:
+        source = open_play_source(layout)
+        vocabs = read_vocabularies(layout.root)
+        # New per-play files make the profiles built on the old ones stale.
+        for stage in (STAGE, PROFILES_STAGE):
+            forget_stage(layout.final_dir, stage)
+        totals = {name: dict.fromkeys(SPLIT_COUNTS, 0) for name in C.SPLITS}
+        plays_in = 0
+        with contextlib.ExitStack() as stack:
+            out = {name: stack.enter_context(atomic_dir(layout.final_dir / name))
+                   for name in C.SPLITS}
+            for plays in iter_split_plays(source):
+                plays_in += len(plays.rows)
+                encoded = plays.encoded(vocabs)
+                for name in C.SPLITS:
+                    part = encoded[plays.in_split(name)]
+                    if len(part):
+                        write_final_csv(part, out[name] / f"{plays.user}.csv")
+                    for key, value in _split_counts(part).items():
+                        totals[name][key] += value
+            check_play_count(source, plays_in)
+    plays_out = sum(t["plays"] for t in totals.values())
+    write_manifest(
+        layout.final_dir, STAGE, inputs=[layout.user_dir, layout.summary_dir, layout.vocab],
+        parameters={"gap_minutes": source.gap_minutes}, rows_in=plays_in, rows_out=plays_out,
+        rows_rejected=0, outputs=list(C.SPLITS), timings={"total": timer.seconds},
+    )
+    annotate_stage(layout.final_dir, STAGE, splits=totals)
+    return {"final_dir": str(layout.final_dir), "plays": plays_in, "splits": totals,
+            "seconds": round(timer.seconds, 2)}
+
+
+def session_data_overview(work: str | Path) -> pd.DataFrame:
+    """Per split: users, sessions, plays and the share of plays of names unseen in training."""
+    entry = require_stage(WorkLayout(Path(work)).final_dir, STAGE)
+    table = pd.DataFrame.from_dict(entry["splits"], orient="index")
+    for kind in ("artist", "track"):
+        table[f"unknown_{kind}_share"] = (
+            table[f"unknown_{kind}_plays"] / table["plays"].where(table["plays"] > 0))
+    return table
+
+
+def read_final_split(work: str | Path, split: str, users: list[str] | None = None
+                     ) -> pd.DataFrame:
+    """The per-play rows of one final_dir split (all users, or the given user ids)."""
+    final_dir = WorkLayout(Path(work)).final_dir
+    require_stage(final_dir, STAGE)
+    if split not in C.SPLITS:
+        raise SessionlenError(f"unknown split {split!r}; valid splits: {', '.join(C.SPLITS)}")
+    files = sorted((final_dir / split).glob("*.csv")) if users is None else [
+        final_dir / split / f"{user}.csv" for user in users]
+    tables = []
+    for path in files:
+        if not path.is_file():
+            raise SessionlenError(f"{path}: no such final_dir file")
+        tables.append(pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types=FINAL_TYPES)))
+    if not tables:
+        return pa.schema(list(FINAL_TYPES.items())).empty_table().to_pandas()
+    return pa.concat_tables(tables).to_pandas()
+
+
+def sample_rows(work: str | Path, split: str = "train", rows: int = 10) -> pd.DataFrame:
+    """The first rows of the first user's file of a split, to see what the files hold."""
+    final_dir = WorkLayout(Path(work)).final_dir
+    require_stage(final_dir, STAGE)
+    first = next(iter(sorted((final_dir / split).glob("*.csv"))), None)
+    if first is None:
+        return pa.schema(list(FINAL_TYPES.items())).empty_table().to_pandas()
+    return read_final_split(work, split, [first.stem]).head(rows)
