@@ -1,0 +1,284 @@
+"""Sequence networks, LightGBM and the figures: shapes, learning, determinism, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utils import columns as C
+from utils import experiment, plots
+from utils.boosting import BoostingSettings, fit_lightgbm, predict_lightgbm
+from utils.config import ModelParams, WorkLayout
+from utils.errors import SessionlenError, StageIncompleteError
+from utils.features import FeatureSet, build_feature_set
+from utils.models import (
+    build_network,
+    fit_network,
+    make_dataset,
+    networks_to_train,
+    predict_seconds,
+)
+from utils.results import load_experiments
+from utils.stage_io import write_manifest
+from utils.summaries import COUNTRY_VOCAB_FILE, SOURCE_ID, SUMMARY_OUTPUTS, USER_IDS_FILE
+
+HOUR_MS = 3_600_000
+START_MS = 1_230_768_000_000  # 2009-01-01T00:00:00Z
+
+
+def planted_sessions(users: int = 40, sessions: int = 60, seed: int = 0) -> pd.DataFrame:
+    """Summary rows whose log-lengths carry a user effect, an hour effect and persistence from
+    one session to the next (signal a model can learn at session start); `true_median_s` is
+    the planted conditional median given the past, i.e. the oracle."""
+    rng = np.random.default_rng(seed)
+    user_effect = rng.normal(0.0, 0.8, users)
+    gaps_h = rng.exponential(20.0, (users, sessions)) + 1.0
+    start_ms = START_MS + (np.cumsum(gaps_h, axis=1) * HOUR_MS).astype(np.int64)
+    hour = (start_ms // HOUR_MS) % 24
+    residual = np.zeros((users, sessions))
+    noise = rng.normal(0.0, 0.5, (users, sessions))
+    for s in range(sessions):
+        residual[:, s] = noise[:, s] + (0.5 * residual[:, s - 1] if s else 0.0)
+    center = 7.0 + user_effect[:, None] + 0.6 * np.sin(2 * np.pi * hour / 24)
+    known = np.concatenate([np.zeros((users, 1)), 0.5 * residual[:, :-1]], axis=1)
+    return pd.DataFrame({
+        C.TIMESTAMP: start_ms.ravel(), C.USER_ID: np.repeat(np.arange(users), sessions),
+        C.SESSION_ID: np.tile(np.arange(sessions), users), C.GENDER: np.repeat(
+            rng.integers(-1, 2, users), sessions),
+        C.AGE: np.repeat(rng.integers(18, 60, users), sessions), C.COUNTRY: np.repeat(
+            rng.integers(0, 5, users), sessions), C.REGISTERED: -1,
+        C.PREVIOUS_SESSION_LENGTH: 0.0, C.AVERAGE_SESSION_LENGTH: 0.0,
+        C.CURRENT_SESSION_LENGTH: np.round(np.expm1(center + residual).ravel(), 3),
+        "true_median_s": np.expm1(center + known).ravel(),
+    })
+
+
+def chrono_splits(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per user 70% train, 10% validate, 20% test in time order (summary columns only)."""
+    position = frame[C.SESSION_ID] / (frame[C.SESSION_ID].max() + 1)
+    frame = frame[C.SUMMARY_COLUMNS]
+    return {"train": frame[position < 0.7], "validate": frame[(position >= 0.7) & (position < 0.8)],
+            "test": frame[position >= 0.8]}
+
+
+def planted_splits() -> dict[str, pd.DataFrame]:
+    """The default planted dataset, chrono-split."""
+    return chrono_splits(planted_sessions())
+
+
+@pytest.fixture(scope="module")
+def features() -> FeatureSet:
+    return build_feature_set(planted_splits(), sequence_length=6)
+
+
+def mae_on_test(features: FeatureSet, predicted: np.ndarray) -> float:
+    """MAE (seconds) of predictions for the test rows."""
+    return float(np.abs(predicted - features.lengths_s[features.rows["test"]]).mean())
+
+
+def global_median_mae(features: FeatureSet) -> float:
+    """The global-median baseline's test MAE."""
+    median = np.median(features.lengths_s[features.rows["train"]])
+    return mae_on_test(features, np.full(len(features.rows["test"]), median))
+
+
+def user_median_mae(features: FeatureSet) -> float:
+    """The user-median baseline's test MAE."""
+    frame = features.sessions
+    train = frame.iloc[features.rows["train"]]
+    medians = train.groupby(C.USER_ID)[C.CURRENT_SESSION_LENGTH].median()
+    test_users = frame.iloc[features.rows["test"]][C.USER_ID]
+    return mae_on_test(features, test_users.map(medians).to_numpy())
+
+
+@pytest.mark.parametrize(("name", "cell", "layers"), [
+    ("gru", "GRU", 1), ("lstm", "LSTM", 1), ("layered_lstm", "LSTM", 3), ("layered_gru", "GRU", 3),
+])
+def test_networks_have_the_named_cells_and_depth(features, name, cell, layers):
+    model = build_network(name, features, hidden_dim=8, dropout=0.1, no_layers=3)
+    recurrent = [layer for layer in model.layers if type(layer).__name__ in ("GRU", "LSTM")]
+    assert [type(layer).__name__ for layer in recurrent] == [cell] * layers
+    embedded = {layer.name for layer in model.layers if type(layer).__name__ == "Embedding"}
+    assert embedded == {"embed_country", "embed_gender", "embed_hour", "embed_weekday"}
+    inputs, _ = next(iter(make_dataset(features, features.rows["test"][:5], 5, False, 0)))
+    assert model(inputs).shape == (5, 1)
+
+
+def test_dataset_gathers_each_rows_history_and_is_seeded(features):
+    rows = features.rows["train"][:64]
+    inputs, target = next(iter(make_dataset(features, rows, 64, False, 0)))
+    np.testing.assert_array_equal(inputs["history"].numpy(),
+                                  features.steps[features.history[rows]])
+    np.testing.assert_array_equal(inputs["country"].numpy(), features.categorical["country"][rows])
+    np.testing.assert_array_equal(inputs["context"].numpy(), features.context[rows])
+    np.testing.assert_array_equal(target.numpy(), features.target[rows])
+
+    def order(seed: int) -> np.ndarray:
+        batches = make_dataset(features, rows, 16, True, seed)
+        return np.concatenate([t.numpy() for _, t in batches])
+
+    np.testing.assert_array_equal(order(5), order(5))
+    assert not np.array_equal(order(5), features.target[rows])
+    assert sorted(order(5)) == sorted(features.target[rows])
+
+
+def test_networks_to_train_follows_the_original_flags():
+    assert networks_to_train(ModelParams(), compare_networks=True) == ["gru", "lstm",
+                                                                       "layered_lstm"]
+    chosen = ModelParams(model_lstm=False, layered=True)
+    assert networks_to_train(chosen, compare_networks=True)[-1] == "layered_gru"
+    assert networks_to_train(ModelParams(model_lstm=True), compare_networks=False) == ["lstm"]
+
+
+def test_gru_learns_the_planted_signal_and_restores_its_best_epoch(features):
+    params = ModelParams(epochs=15, batch_size=64, hidden_dim=8, patience=4, seed=3,
+                         learning_rate=0.005)
+    lines: list[str] = []
+    trained = fit_network("gru", features, params, dropout=0.2, log=lines.append)
+    assert len(lines) == len(trained.history["loss"]) and "gru (dropout 0.2) epoch 1/15" in lines[0]
+    val = make_dataset(features, features.rows["validate"], 4096, False, 0)
+    restored = trained.model.evaluate(val, verbose=0)
+    assert restored == pytest.approx(min(trained.history["val_loss"]), rel=1e-4)
+    mae = mae_on_test(features, predict_seconds(trained.model, features, features.rows["test"]))
+    assert mae < 0.85 * global_median_mae(features)
+    assert mae < user_median_mae(features)
+
+
+def test_training_is_reproducible_with_a_seed(features):
+    params = ModelParams(epochs=2, batch_size=256, hidden_dim=8, seed=11)
+    runs = [predict_seconds(fit_network("lstm", features, params, 0.2, log=lambda _: None).model,
+                            features, features.rows["test"]) for _ in range(2)]
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+
+
+def test_bad_network_settings_are_one_line_errors(features):
+    with pytest.raises(SessionlenError, match="unknown network 'transformer'"):
+        build_network("transformer", features, 8, 0.0, 1)
+    with pytest.raises(SessionlenError, match=r"dropout must be in \[0, 1\)"):
+        build_network("gru", features, 8, 1.5, 1)
+    with pytest.raises(SessionlenError, match="unknown optimizer 'adamm'"):
+        fit_network("gru", features, ModelParams(optimizer="adamm", epochs=1), 0.0)
+    with pytest.raises(SessionlenError, match="unknown loss_func 'l7'"):
+        fit_network("gru", features, ModelParams(loss_func="l7", epochs=1), 0.0)
+    with pytest.raises(SessionlenError, match="epochs and batch_size must be positive"):
+        fit_network("gru", features, ModelParams(epochs=0), 0.0)
+
+
+def test_lightgbm_learns_the_signal_and_is_deterministic(features):
+    settings = BoostingSettings(max_rounds=300, early_stopping_rounds=30, seed=4)
+    runs = [fit_lightgbm(features, settings, log=lambda _: None) for _ in range(2)]
+    predictions = [predict_lightgbm(run, features, features.rows["test"]) for run in runs]
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+    assert runs[0].best_round >= 1
+    assert len(runs[0].curves["val_loss"]) >= runs[0].best_round
+    mae = mae_on_test(features, predictions[0])
+    assert mae < 0.85 * global_median_mae(features)
+    assert mae < user_median_mae(features)
+
+
+def test_lightgbm_settings_are_validated():
+    with pytest.raises(SessionlenError, match="learning_rate must be in"):
+        BoostingSettings(learning_rate=0.0).lightgbm_params()
+    with pytest.raises(SessionlenError, match="unknown BoostingSettings parameter.*leaves"):
+        BoostingSettings.from_dict({"leaves": 10})
+    with pytest.raises(SessionlenError, match="num_leaves=2.5 has the wrong type"):
+        BoostingSettings(num_leaves=2.5)
+
+
+def test_figures_are_written_as_png(tmp_path, features):
+    actual = features.lengths_s[features.rows["test"]]
+    rng = np.random.default_rng(0)
+    predictions = {"a": actual * rng.lognormal(0, 0.3, len(actual)), "b": np.full_like(actual, 900)}
+    table = pd.DataFrame({"label": ["a", "b", "oracle"], "kind": ["network", "baseline", "oracle"],
+                          "mae_s": [float(np.abs(p - actual).mean()) for p in predictions.values()]
+                          + [100.0]})
+    buckets = plots.error_by_bucket(actual, predictions)
+    assert buckets["sessions"].sum() == len(actual)
+    assert buckets.loc[buckets["sessions"] > 0, "b"].notna().all()
+    figures = {
+        "mae": plots.plot_mae_per_model(table),
+        "scatter": plots.plot_predicted_vs_actual(actual, predictions["a"], "a"),
+        "buckets": plots.plot_error_by_bucket(actual, predictions),
+        "curves": plots.plot_learning_curves({"a": {"loss": [3, 2, 1.5], "val_loss": [3, 2.5, 2.6]},
+                                              "b": {"loss": [1, 0.5], "val_loss": [1, 0.9]}}),
+    }
+    for name, fig in figures.items():
+        path = plots.save_figure(fig, tmp_path / f"{name}.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figures["mae"].axes[0].get_legend().get_texts()[0].get_text() == "oracle 100 s"
+
+
+def write_work(root: Path, frame: pd.DataFrame) -> tuple[Path, Path]:
+    """A WORK with a complete summarize stage, and a RAW with the planted ground truth."""
+    work, raw = root / "work", root / "raw"
+    summary_dir = WorkLayout(work).summary_dir
+    for name, split in chrono_splits(frame).items():
+        (summary_dir / name).mkdir(parents=True)
+        for user, rows in split.groupby(C.USER_ID):
+            rows.to_csv(summary_dir / name / f"{user}.csv", index=False)
+    users = pd.DataFrame({SOURCE_ID: [f"user_{u:06d}" for u in sorted(frame[C.USER_ID].unique())],
+                          C.USER_ID: sorted(frame[C.USER_ID].unique())})
+    users.to_csv(summary_dir / USER_IDS_FILE, index=False)
+    pd.DataFrame({C.COUNTRY: ["X"], "code": [1]}).to_csv(summary_dir / COUNTRY_VOCAB_FILE,
+                                                         index=False)
+    write_manifest(summary_dir, "summarize", inputs=[], parameters={}, rows_in=len(frame),
+                   rows_out=len(frame), rows_rejected=0, outputs=SUMMARY_OUTPUTS, timings={})
+    truth = raw / "ground_truth"
+    truth.mkdir(parents=True)
+    pd.DataFrame({C.USER_ID: users.set_index(C.USER_ID)[SOURCE_ID].reindex(frame[C.USER_ID])
+                  .to_numpy(), "start_ms": frame[C.TIMESTAMP], "length_s":
+                  frame[C.CURRENT_SESSION_LENGTH], "median_length_s": frame["true_median_s"]}
+                 ).to_csv(truth / "sessions.csv", index=False)
+    return work, raw
+
+
+def test_experiment_scores_every_model_on_the_same_rows_and_records_them(tmp_path):
+    frame = planted_sessions(users=24, sessions=40, seed=2)
+    work, raw = write_work(tmp_path, frame)
+    run = experiment.start_experiment(work, sequence_length=4)
+    assert experiment.split_sizes(run).loc["test", "sessions"] == 24 * 8
+    experiment.add_baselines(run, raw)
+    params = ModelParams(epochs=1, batch_size=128, hidden_dim=8, dropout=[0.0, 0.3], seed=5)
+    trained = experiment.train_networks(run, params, log=lambda _: None)
+    assert len(trained) == 6 and (trained["epochs_run"] == 1).all()
+    experiment.train_lightgbm(run, BoostingSettings(max_rounds=50), log=lambda _: None)
+    table = experiment.results_table(run)
+    assert experiment.record_results(run, table) == WorkLayout(work).experiments
+
+    recorded = load_experiments(work)
+    assert recorded["model"].value_counts().to_dict() == {
+        "gru": 2, "lstm": 2, "layered_lstm": 2, "lightgbm": 1, "global_median": 1,
+        "user_mean": 1, "user_median": 1, "previous_session": 1, "oracle": 1}
+    assert (recorded["stage"] == "baseline").all() and (recorded["n_test"] == 24 * 8).all()
+    dropouts = sorted(json.loads(p)["dropout"] for p in recorded.loc[recorded["model"] == "gru",
+                                                                    "params"])
+    assert dropouts == [0.0, 0.3]
+    user_mean = recorded.loc[recorded["model"] == "user_mean"].iloc[0]
+    assert user_mean["normalized_mae"] == pytest.approx(1.0)
+    actual = frame.loc[frame[C.SESSION_ID] >= 32, C.CURRENT_SESSION_LENGTH].to_numpy()
+    oracle = frame.loc[frame[C.SESSION_ID] >= 32, "true_median_s"].to_numpy()
+    assert table.set_index("label").loc["oracle", "mae_s"] == pytest.approx(
+        np.abs(actual - oracle).mean())
+    assert table.set_index("label").loc["oracle", "headroom_captured"] == pytest.approx(1.0)
+    assert table.set_index("label").loc["user_median", "headroom_captured"] == pytest.approx(0.0)
+
+    figures = experiment.draw_figures(run, table)
+    for name in figures:
+        assert (WorkLayout(work).figures / f"baseline_{name}.png").stat().st_size > 1000
+    assert "baseline_models" in json.loads((WorkLayout(work).results / "_manifest.json")
+                                           .read_text())
+    headline = experiment.headline(table)
+    assert {"normalized_mae", "headroom_captured"} <= set(headline.columns)
+    assert "gru (dropout 0.3)" in headline.index
+
+
+def test_experiment_refuses_missing_summaries_and_unknown_split_names(tmp_path):
+    with pytest.raises(StageIncompleteError, match="summarize"):
+        experiment.start_experiment(tmp_path / "work", sequence_length=3)
+    work, _ = write_work(tmp_path, planted_sessions(users=3, sessions=20))
+    with pytest.raises(SessionlenError, match="validate split 'valid' not found"):
+        experiment.start_experiment(work, 3, validation_file="valid")

@@ -1,0 +1,60 @@
+"""Every stage notebook, executed for real (papermill) in order on the tiny synthetic scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from utils import config, runner
+from utils.synthetic import generate_dataset
+
+DESIGN_NOTEBOOKS = [
+    "data_processing/1_get_unique_tracks.ipynb",
+    "data_processing/2_get_track_metadata.ipynb",
+    "data_processing/3_create_denormalized_users.ipynb",
+    "baseline/1_create_summarized_user_session.ipynb",
+    "baseline/2_train_and_test_model.ipynb",
+    "models_with_clusters/1_build_complete_vocab.ipynb",
+    "models_with_clusters/2_build_session_data.ipynb",
+    "models_with_clusters/3_build_user_profiles.ipynb",
+    "models_with_clusters/4_cluster_analysis.ipynb",
+    "models_with_clusters/5_train_and_test_model.ipynb",
+]
+
+
+def _existing() -> list[Path]:
+    return [config.PROJECT_ROOT / name for name in DESIGN_NOTEBOOKS
+            if (config.PROJECT_ROOT / name).is_file()]
+
+
+def test_runner_finds_the_design_notebooks_in_order() -> None:
+    found = [str(p.relative_to(config.PROJECT_ROOT)) for p in runner.stage_notebooks()]
+    assert found == [str(p.relative_to(config.PROJECT_ROOT)) for p in _existing()]
+    assert found, "no stage notebooks found"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> runner.RunPaths:
+    root = tmp_path_factory.mktemp("pipeline")
+    raw = root / "raw"
+    generate_dataset(raw, scale="tiny", seed=1)
+    return runner.run_pipeline(raw=raw, work=root / "work", scale="tiny", seed=1)
+
+
+@pytest.mark.notebooks
+def test_every_notebook_executes_at_tiny_scale(tiny_run: runner.RunPaths) -> None:
+    executed = sorted(str(p.relative_to(tiny_run.notebooks))
+                      for p in tiny_run.notebooks.rglob("*.ipynb"))
+    assert executed == sorted(str(p.relative_to(config.PROJECT_ROOT)) for p in _existing())
+
+
+@pytest.mark.notebooks
+def test_results_table_has_baselines_and_models(tiny_run: runner.RunPaths) -> None:
+    results = pd.read_csv(tiny_run.experiments)
+    models = set(results["model"])
+    assert {"global_median", "user_mean", "user_median", "previous_session", "oracle",
+            "lightgbm", "gru", "lstm", "layered_lstm"} <= models
+    assert (results["mae_s"] > 0).all()
+    assert results["n_test"].nunique() == 1, "every model must be scored on the same test rows"

@@ -1,0 +1,188 @@
+"""The results report: a timeline of every experiment and WORK/results/report.md.
+
+The report reads only WORK/results (experiments.csv and the saved figures), so it can be
+rewritten at any time and always describes what is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from utils.baselines import BASELINES, ORACLE
+from utils.config import WorkLayout
+from utils.errors import SessionlenError
+from utils.plots import save_figure
+from utils.results import load_experiments, utc_now
+from utils.stage_io import atomic_file
+
+REPORT_FILE = "report.md"
+TIMELINE_FILE = "results_timeline.png"
+STAGE_COLORS = {"baseline": "#1f77b4", "clusters": "#ff7f0e"}
+ORACLE_COLOR = "#212121"
+HEADROOM_REFERENCE = "user_median"
+NORMALIZER = "user_mean"
+# Beyond this many experiments the timeline's x labels would overlap: show run positions only.
+MAX_LABELLED = 60
+TABLE_COLUMNS = ["stage", "model", "n_test", "mae_s", "rmse_s", "normalized_mae",
+                 "headroom_captured", "train_seconds"]
+GROUND_TRUTH = "ground_truth"
+
+
+def plot_results_timeline(experiments: pd.DataFrame) -> Figure:
+    """Every recorded experiment in order: normalized MAE, coloured by stage.
+
+    The dotted line at 1.0 is the user_mean baseline; the dashed line is the latest oracle.
+    """
+    if experiments.empty:
+        raise SessionlenError("no experiments recorded yet: nothing to draw on the timeline")
+    rows = experiments.reset_index(drop=True)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.22 * len(rows) + 3), 4.5))
+    for stage, color in STAGE_COLORS.items():
+        mine = (rows["stage"] == stage).to_numpy() & (rows["model"] != ORACLE).to_numpy()
+        ax.scatter(x[mine], rows["normalized_mae"][mine], color=color, label=stage, zorder=3)
+    oracle = (rows["model"] == ORACLE).to_numpy()
+    if oracle.any():
+        ax.scatter(x[oracle], rows["normalized_mae"][oracle], color=ORACLE_COLOR, marker="x",
+                   zorder=3)
+        latest = float(rows["normalized_mae"][oracle].iloc[-1])
+        ax.axhline(latest, color=ORACLE_COLOR, linestyle="--", label=f"oracle {latest:.3f}")
+    ax.axhline(1.0, color="#9e9e9e", linestyle=":", label="user_mean (1.0)")
+    if len(rows) <= MAX_LABELLED:
+        ax.set_xticks(x, model_labels(rows), rotation=70, ha="right", fontsize=8)
+    ax.set_xlabel("experiment (in the order recorded)")
+    ax.set_ylabel("normalized MAE (model MAE / user_mean MAE)")
+    ax.set_title("Results timeline")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)  # released from pyplot: a notebook shows it once, when a cell returns it
+    return fig
+
+
+def model_labels(rows: pd.DataFrame) -> pd.Series:
+    """Model names told apart by dropout where a stage trained one network per dropout value."""
+    dropout = [json.loads(p).get("dropout") if isinstance(p, str) else None
+               for p in rows["params"]]
+    return pd.Series([m if d is None else f"{m} (dropout {d:g})"
+                      for m, d in zip(rows["model"], dropout, strict=True)], index=rows.index)
+
+
+def latest_runs(experiments: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each stage's most recently recorded run (its models share test rows)."""
+    if experiments.empty:
+        return experiments
+    last = experiments.groupby("stage", sort=False)["run_id"].last()
+    return experiments[experiments["run_id"].isin(last.to_numpy())].reset_index(drop=True)
+
+
+def with_headroom(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add headroom_captured per row, from its own run's user_median and oracle (NaN without)."""
+    mae = rows.set_index(["run_id", "model"])["mae_s"]
+    mae = mae[~mae.index.duplicated(keep="last")]
+
+    def reference(model: str) -> np.ndarray:
+        keys = pd.MultiIndex.from_arrays([rows["run_id"], np.full(len(rows), model)])
+        return mae.reindex(keys).to_numpy(dtype=np.float64)
+
+    median, oracle = reference(HEADROOM_REFERENCE), reference(ORACLE)
+    headroom = median - oracle
+    with np.errstate(invalid="ignore", divide="ignore"):
+        captured = (median - rows["mae_s"].to_numpy(dtype=np.float64)) / headroom
+    # Same rule as evaluation.headroom_captured: no positive headroom, no ratio.
+    return rows.assign(headroom_captured=np.where(headroom > 0, captured, np.nan))
+
+
+def _cell(value: object) -> str:
+    """One table cell: large numbers with thousands separators, ratios with 4 decimals."""
+    if isinstance(value, float):
+        if np.isnan(value):
+            return ""
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub-flavoured markdown table (index not included)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _data_line(raw: str | Path | None) -> str:
+    """Which raw data the results come from, and whether an oracle was possible."""
+    if not raw:
+        return "Raw data: not given."
+    truth = (Path(raw) / GROUND_TRUTH).is_dir()
+    kind = "synthetic, with planted ground truth (oracle available)" if truth else \
+        "no ground truth (no oracle)"
+    return f"Raw data: `{raw}` ({kind})."
+
+
+def _clusters_settings(rows: pd.DataFrame) -> list[str]:
+    """A line per per-cluster model: clustering method, k, standardization, ARI."""
+    lines = []
+    for _, row in rows[rows["model"].str.startswith("cluster_")].iterrows():
+        p = json.loads(row["params"])
+        ari = p.get("adjusted_rand")
+        lines.append(
+            f"- `{row['model']}`: {p.get('clustering')} with k={p.get('clusters')} on "
+            f"{', '.join(p.get('cluster_columns', []))}; standardize={p.get('standardize')}, "
+            f"mix_std={p.get('mix_std')} (threshold {p.get('mix_std_threshold')} users); "
+            f"own models for clusters {p.get('clusters_trained')}"
+            + (f"; adjusted Rand vs planted archetypes {ari}" if ari else ""))
+    return lines
+
+
+def _section(title: str, rows: pd.DataFrame, text: str = "") -> list[str]:
+    """A titled markdown table of `rows` (or a note when empty)."""
+    body = markdown_table(rows[TABLE_COLUMNS]) if len(rows) else "_none recorded_"
+    return [f"## {title}", "", *([text, ""] if text else []), body, ""]
+
+
+def report_text(experiments: pd.DataFrame, figures: list[Path], raw: str | Path | None) -> str:
+    """The markdown report for these experiments and figures (paths relative to results/)."""
+    latest = with_headroom(latest_runs(experiments))
+    latest["model"] = model_labels(latest)
+    is_baseline = latest["model"].isin(BASELINES)
+    lines = [
+        "# sessionlen — results", "",
+        f"Generated {utc_now()}. {_data_line(raw)} {len(experiments)} experiments recorded in "
+        f"`experiments.csv`; the tables show each stage's latest run. MAE and RMSE are in "
+        f"seconds on the test sessions; normalized_mae = MAE / user_mean MAE on the same rows; "
+        f"headroom_captured = (user_median MAE - MAE) / (user_median MAE - oracle MAE).", "",
+        *_section("Results", latest.sort_values(["stage", "mae_s"]),
+                  "Trained models and baselines of both stages, best first within a stage."),
+        *_section("Baselines", latest[is_baseline].sort_values(["stage", "mae_s"])),
+        *_section("Oracle", latest[latest["model"] == ORACLE],
+                  "The planted conditional median: the best any model can do on average."),
+    ]
+    settings = _clusters_settings(latest)
+    if settings:
+        lines += ["## Per-cluster models", "", *settings, ""]
+    lines += ["## Figures", ""]
+    lines += [f"### {p.stem}\n\n[{p.as_posix()}]({p.as_posix()})\n\n![{p.stem}]({p.as_posix()})\n"
+              for p in figures] or ["_none saved_"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(work: str | Path, raw: str | Path | None = None) -> Path:
+    """Redraw the timeline and write WORK/results/report.md atomically; return its path."""
+    layout = WorkLayout(Path(work))
+    experiments = load_experiments(layout.root)
+    if experiments.empty:
+        raise SessionlenError(f"{layout.experiments}: no experiments recorded; run the "
+                              f"baseline or clusters stage first")
+    save_figure(plot_results_timeline(experiments), layout.figures / TIMELINE_FILE)
+    figures = sorted(p.relative_to(layout.results) for p in layout.figures.glob("*.png"))
+    path = layout.results / REPORT_FILE
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        fh.write(report_text(experiments, figures, raw))
+    return path
