@@ -183,6 +183,8 @@ def test_lightgbm_learns_the_signal_and_is_deterministic(features):
 def test_lightgbm_settings_are_validated():
     with pytest.raises(SessionlenError, match="learning_rate must be in"):
         BoostingSettings(learning_rate=0.0).lightgbm_params()
+    with pytest.raises(SessionlenError, match="num_leaves must be at least 2"):
+        BoostingSettings(num_leaves=1).lightgbm_params()
     with pytest.raises(SessionlenError, match="unknown BoostingSettings parameter.*leaves"):
         BoostingSettings.from_dict({"leaves": 10})
     with pytest.raises(SessionlenError, match="num_leaves=2.5 has the wrong type"):

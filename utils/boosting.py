@@ -46,7 +46,9 @@ class BoostingSettings(StrictParams):
             fraction = getattr(self, name)
             if not 0.0 < fraction <= 1.0:
                 raise SessionlenError(f"LightGBM {name} must be in (0, 1], got {fraction}")
-        for name in ("num_leaves", "min_child_samples", "max_rounds", "early_stopping_rounds"):
+        if self.num_leaves < 2:
+            raise SessionlenError(f"LightGBM num_leaves must be at least 2, got {self.num_leaves}")
+        for name in ("min_child_samples", "max_rounds", "early_stopping_rounds"):
             value = getattr(self, name)
             if value < 1:
                 raise SessionlenError(f"LightGBM {name} must be positive, got {value}")
