@@ -14,6 +14,8 @@ from utils.errors import SessionlenError
 
 NOTEBOOK_NAME = re.compile(r"^(\d+)_.+\.ipynb$")
 KERNEL_NAME = "python3"
+# The kernel runs on loopback; its start-up warning about unencrypted TCP is noise in a run's log.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def prepare_raw(scale: str, raw_dir: str | Path | None = None, seed: int = config.DEFAULT_SEED
@@ -95,7 +97,7 @@ def run_pipeline(
             papermill.execute_notebook(
                 str(notebook), str(target), parameters=notebook_parameters(notebook, injected),
                 kernel_name=KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False,
-                log_output=False,
+                log_output=False, extra_arguments=KERNEL_ARGUMENTS,
             )
         except PapermillExecutionError as exc:
             raise SessionlenError(
