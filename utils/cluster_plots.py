@@ -25,7 +25,7 @@ from utils.clustering import (
     silhouette_fits,
 )
 from utils.errors import SessionlenError
-from utils.plots import save_figure
+from utils.plots import finish_figure
 
 PALETTE = plt.get_cmap("tab10")
 GROUP_GREY = "#9e9e9e"  # the unclustered users and the overall row
@@ -35,11 +35,7 @@ SILHOUETTE_GAP = 0.02  # blank space between clusters, as a share of the users
 def _finish(fig: Figure, path: Path | None) -> Figure:
     """Save to `path` when given; release from pyplot either way."""
     fig.tight_layout()
-    if path is not None:
-        save_figure(fig, Path(path))
-    else:
-        plt.close(fig)
-    return fig
+    return finish_figure(fig, path)
 
 
 def plot_cluster_elbow(profiles: pd.DataFrame, columns: Sequence[str | int],

@@ -597,7 +597,7 @@ def plot_duration_errors(errors: pd.DataFrame, out: Path | None = None) -> Figur
     # Imported here: the CLI's metadata stage never plots, and matplotlib is slow to import.
     import matplotlib.pyplot as plt
 
-    from utils.plots import save_figure
+    from utils.plots import finish_figure
 
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.hist(errors["estimate_error_s"].clip(-300, 300), bins=60, color="tab:blue", alpha=0.8)
@@ -606,8 +606,4 @@ def plot_duration_errors(errors: pd.DataFrame, out: Path | None = None) -> Figur
     ax.set_ylabel("tracks")
     ax.set_title(f"Offline duration estimate error, {len(errors)} tracks "
                  f"(median |error| {errors['estimate_error_s'].abs().median():.1f} s)")
-    if out is None:
-        plt.close(fig)
-    else:
-        save_figure(fig, out)
-    return fig
+    return finish_figure(fig, out)

@@ -337,7 +337,7 @@ def plot_rows_per_user(counts: pd.Series, out: Path | None = None) -> Figure:
     """Histogram of plays per user on log-spaced bins (saved to `out` if given)."""
     import matplotlib.pyplot as plt
 
-    from utils.plots import save_figure
+    from utils.plots import finish_figure
 
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.geomspace(max(int(counts.min()), 1), int(counts.max()) + 1, 30)
@@ -346,11 +346,7 @@ def plot_rows_per_user(counts: pd.Series, out: Path | None = None) -> Figure:
     ax.set_xlabel("plays of a user")
     ax.set_ylabel("users")
     ax.set_title(f"Plays per user: {len(counts):,} users, median {int(counts.median()):,}")
-    if out is None:
-        plt.close(fig)
-    else:
-        save_figure(fig, out)
-    return fig
+    return finish_figure(fig, out)
 
 
 def user_sample(work: Path, user: str | None = None, rows: int = 10) -> pd.DataFrame:

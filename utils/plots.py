@@ -21,6 +21,18 @@ KIND_COLORS = {"baseline": "#9e9e9e", "oracle": "#212121", "network": "#1f77b4",
                "lightgbm": "#2ca02c"}
 
 
+def finish_figure(fig: Figure, path: Path | str | None) -> Figure:
+    """Save `fig` when a path is given, and release it from pyplot either way.
+
+    Released, a figure shows once in a notebook: as the value a cell returns.
+    """
+    if path is None:
+        plt.close(fig)
+    else:
+        save_figure(fig, Path(path))
+    return fig
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
     """Write `fig` as a PNG atomically and release it from pyplot."""
     with atomic_file(Path(path), "wb") as fh:

@@ -529,7 +529,7 @@ def plot_session_lengths(splits: dict[str, pd.DataFrame], path: Path | None = No
     """Histogram of session lengths per split on a log x axis; saved as PNG when `path` is given."""
     import matplotlib.pyplot as plt
 
-    from utils.plots import save_figure
+    from utils.plots import finish_figure
 
     fig, ax = plt.subplots(figsize=(8, 4))
     # A one-play session of unknown duration lasts 0 s: it is counted in the first log bin.
@@ -544,7 +544,4 @@ def plot_session_lengths(splits: dict[str, pd.DataFrame], path: Path | None = No
     ax.set_title("Session lengths per split")
     ax.legend()
     fig.tight_layout()
-    if path is not None:
-        # save_figure also releases the figure from pyplot: it shows once, as the return value.
-        save_figure(fig, Path(path))
-    return fig
+    return finish_figure(fig, path)

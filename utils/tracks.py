@@ -268,7 +268,7 @@ def plot_play_counts(tracks: pd.DataFrame, out: Path | None = None) -> Figure:
     """Log-log distribution of plays per track (saved to `out` if given), released from pyplot."""
     import matplotlib.pyplot as plt
 
-    from utils.plots import save_figure
+    from utils.plots import finish_figure
 
     plays, n_tracks = np.unique(tracks[C.PLAY_COUNT].to_numpy(), return_counts=True)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -277,8 +277,4 @@ def plot_play_counts(tracks: pd.DataFrame, out: Path | None = None) -> Figure:
     ax.set_ylabel("tracks with that many plays")
     ax.set_title(f"Plays per track: {len(tracks):,} tracks, {int(tracks[C.PLAY_COUNT].sum()):,} "
                  f"plays")
-    if out is None:
-        plt.close(fig)
-    else:
-        save_figure(fig, out)
-    return fig
+    return finish_figure(fig, out)
