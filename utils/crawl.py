@@ -33,7 +33,6 @@ from utils.columns import (
     ARTIST_NAME,
     DURATION,
     DURATION_SOURCE,
-    GAP_COUNT,
     GAP_MEDIAN_S,
     GENRE,
     GT_TRACKS_COLUMNS,
@@ -42,11 +41,11 @@ from utils.columns import (
     TRACK_MBID,
     TRACK_METADATA_COLUMNS,
     TRACK_NAME,
-    UNIQUE_TRACKS_COLUMNS,
 )
 from utils.config import API_KEY_ENV, API_URL_ENV, LASTFM_API_URL, CrawlParams, WorkLayout
 from utils.errors import ApiKeyError, SessionlenError
-from utils.stage_io import Timer, atomic_file, require_stage, write_manifest
+from utils.stage_io import Timer, atomic_file, require_file, require_stage, write_manifest
+from utils.tracks import read_unique_tracks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -62,8 +61,6 @@ API_STATUS = "api_status"
 ESTIMATED_DURATION = "estimated_duration"
 METADATA_COLUMNS = [*TRACK_METADATA_COLUMNS, API_STATUS, ESTIMATED_DURATION]
 KEYS = [ARTIST_KEY, TRACK_KEY]
-_STRING_COLUMNS = [ARTIST_KEY, TRACK_KEY, ARTIST_NAME, TRACK_NAME, "artist_mbid", TRACK_MBID]
-_NUMERIC_COLUMNS = [PLAY_COUNT, GAP_MEDIAN_S, GAP_COUNT, ARTIST_GAP_MEDIAN_S]
 
 CACHE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS track_info (
@@ -383,31 +380,6 @@ def _check_api_url(api_url: str) -> None:
             f"{API_URL_ENV}={client.scrub_key(api_url)!r} is not an http(s) URL")
 
 
-def read_unique_tracks(path: Path) -> pd.DataFrame:
-    """Read WORK/tracks/unique_tracks.csv, checking its columns and numbers."""
-    try:
-        frame = pd.read_csv(
-            path, dtype=dict.fromkeys(_STRING_COLUMNS, str), keep_default_na=False,
-            na_values=dict.fromkeys(_NUMERIC_COLUMNS, [""]),
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise SessionlenError(f"{path}: not a readable unique-tracks CSV ({exc})") from None
-    missing = [c for c in UNIQUE_TRACKS_COLUMNS if c not in frame.columns]
-    if missing:
-        raise SessionlenError(f"{path}: missing column(s) {', '.join(missing)}")
-    for column in _NUMERIC_COLUMNS:
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = values.isna() & frame[column].notna()
-        if column == PLAY_COUNT:
-            bad |= values.isna()
-        if bad.any():
-            line = int(bad.to_numpy().argmax()) + 2
-            raise SessionlenError(
-                f"{path}: line {line}: {column} {frame[column].iloc[line - 2]!r} is not a number")
-        frame[column] = values.astype(float)
-    return frame
-
-
 def tracks_to_request(tracks: pd.DataFrame, cached: pd.DataFrame,
                       limit: int | None) -> pd.DataFrame:
     """The tracks to ask about, most played first: within the top `limit`, not answered yet."""
@@ -539,12 +511,39 @@ def build_track_metadata(
     return summary
 
 
+def read_metadata_file(path: Path) -> pd.DataFrame:
+    """Read track_metadata.csv: keys as strings, duration in seconds (NaN when empty), genre."""
+    require_file(path, "track metadata file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SessionlenError(f"{path}: unreadable CSV ({exc})") from exc
+    missing = [c for c in TRACK_METADATA_COLUMNS if c not in frame.columns]
+    if missing:
+        raise SessionlenError(f"{path}: missing column(s) {', '.join(missing)}")
+    text = frame[DURATION]
+    duration = pd.to_numeric(text.replace("", np.nan), errors="coerce").astype(np.float64)
+    bad = (text != "").to_numpy() & ~(np.isfinite(duration) & (duration >= 0)).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise SessionlenError(
+            f"{path}: line {row + 2}: duration {text.iloc[row]!r} is not a "
+            f"non-negative number of seconds")
+    duplicated = frame.duplicated([ARTIST_KEY, TRACK_KEY])
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise SessionlenError(f"{path}: line {row + 2}: duplicate (artist_key, track_key)")
+    frame[DURATION] = duration
+    if ESTIMATED_DURATION in frame.columns:
+        frame[ESTIMATED_DURATION] = pd.to_numeric(frame[ESTIMATED_DURATION].replace("", np.nan))
+    return frame
+
+
 def read_track_metadata(work: Path) -> pd.DataFrame:
     """WORK/tracks/track_metadata.csv of a completed metadata stage."""
     layout = WorkLayout(Path(work))
     require_stage(layout.tracks, "metadata")
-    return pd.read_csv(layout.track_metadata, dtype={ARTIST_KEY: str, TRACK_KEY: str, GENRE: str},
-                       keep_default_na=False, na_values={DURATION: [""]})
+    return read_metadata_file(layout.track_metadata)
 
 
 def sources_table(work: Path) -> pd.DataFrame:

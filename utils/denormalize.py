@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from utils import columns as C
 from utils.config import WorkLayout
+from utils.crawl import read_metadata_file
 from utils.csv_text import (
     format_fixed,
     format_int,
@@ -28,7 +29,6 @@ from utils.csv_text import (
     line_block,
     quote_minimal,
 )
-from utils.errors import SessionlenError
 from utils.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
 from utils.tracks import (
     check_engine,
@@ -56,32 +56,6 @@ COUNTRY_TEXT = "country_text"
 REGISTERED_TEXT = "registered_text"
 REGISTERED_YEAR = "registered_year"
 REGISTERED_DAY_KEY = "registered_day_key"
-
-
-def read_track_metadata(path: Path) -> pd.DataFrame:
-    """Read track_metadata.csv: keys as strings, duration in seconds (NaN when empty), genre."""
-    require_file(path, "track metadata file")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SessionlenError(f"{path}: unreadable CSV ({exc})") from exc
-    missing = [c for c in C.TRACK_METADATA_COLUMNS if c not in frame.columns]
-    if missing:
-        raise SessionlenError(f"{path}: missing column(s) {', '.join(missing)}")
-    text = frame[C.DURATION]
-    duration = pd.to_numeric(text.replace("", np.nan), errors="coerce").astype(np.float64)
-    bad = (text != "").to_numpy() & ~(np.isfinite(duration) & (duration >= 0)).to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise SessionlenError(
-            f"{path}: line {row + 2}: duration {text.iloc[row]!r} is not a "
-            f"non-negative number of seconds")
-    duplicated = frame.duplicated([C.ARTIST_KEY, C.TRACK_KEY])
-    if duplicated.any():
-        row = int(np.flatnonzero(duplicated)[0])
-        raise SessionlenError(f"{path}: line {row + 2}: duplicate (artist_key, track_key)")
-    frame[C.DURATION] = duration
-    return frame
 
 
 def metadata_lookup(metadata: pd.DataFrame) -> pa.Table:
@@ -293,7 +267,7 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
     with Timer() as prepare:
         profiles = read_profiles(profile_path, layout.rejects)
         people = profile_lookup(profiles.frame)
-        metadata = metadata_lookup(read_track_metadata(layout.track_metadata))
+        metadata = metadata_lookup(read_metadata_file(layout.track_metadata))
     with Timer() as build, atomic_dir(layout.user_dir) as tmp:
         if engine == "spark":
             from utils.spark_stages import spark_denormalize

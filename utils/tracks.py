@@ -200,13 +200,26 @@ def tracks_lines(table: pa.Table) -> pa.Array:
 
 
 def read_unique_tracks(path: Path) -> pd.DataFrame:
-    """Read unique_tracks.csv back: keys and names stay strings (a track may be called 'NA')."""
+    """Read unique_tracks.csv back, checking its columns and numbers (names stay strings: a
+    track may be called 'NA')."""
     require_file(path, "unique tracks file")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-    for column in (C.PLAY_COUNT, C.GAP_COUNT):
-        frame[column] = frame[column].astype(np.int64)
-    for column in (C.GAP_MEDIAN_S, C.ARTIST_GAP_MEDIAN_S):
-        frame[column] = pd.to_numeric(frame[column].replace("", np.nan))
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SessionlenError(f"{path}: not a readable unique-tracks CSV ({exc})") from None
+    missing = [c for c in C.UNIQUE_TRACKS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise SessionlenError(f"{path}: missing column(s) {', '.join(missing)}")
+    for column, required in ((C.PLAY_COUNT, True), (C.GAP_COUNT, True),
+                             (C.GAP_MEDIAN_S, False), (C.ARTIST_GAP_MEDIAN_S, False)):
+        text = frame[column]
+        values = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+        bad = values.isna() if required else values.isna() & (text != "")
+        if bad.any():
+            line = int(bad.to_numpy().argmax()) + 2
+            raise SessionlenError(
+                f"{path}: line {line}: {column} {text.iloc[line - 2]!r} is not a number")
+        frame[column] = values.astype(np.int64) if required else values.astype(np.float64)
     return frame
 
 
