@@ -80,6 +80,8 @@ READ_TYPES: dict[str, pa.DataType] = {
     USER_ID: pa.string(), TIMESTAMP: pa.timestamp("ms", tz="UTC"), GENDER: _DICT,
     AGE: pa.int32(), COUNTRY: _DICT, REGISTERED: pa.date32(), DURATION: pa.float64(),
 }
+# Only an empty field is missing: "NA", "null" or "nan" are valid user ids and countries.
+NULL_VALUES = [""]
 _SUMMARY_TYPES: dict[str, pa.DataType] = {
     name: pa.float64() if name in (PREVIOUS_SESSION_LENGTH, AVERAGE_SESSION_LENGTH,
                                    CURRENT_SESSION_LENGTH) else pa.int64()
@@ -125,7 +127,7 @@ def _bad_value_row(path: Path, column: str) -> tuple[int, str] | None:
     text = pcsv.read_csv(
         path, convert_options=pcsv.ConvertOptions(
             include_columns=[column], column_types={column: pa.string()},
-            strings_can_be_null=True),
+            null_values=NULL_VALUES, strings_can_be_null=True),
     ).column(column).to_pandas()
     if column == TIMESTAMP:
         parsed = pd.to_datetime(text, format="%Y-%m-%dT%H:%M:%SZ", errors="coerce", utc=True)
@@ -161,7 +163,7 @@ def read_play_file(path: Path, user: str) -> pa.Table:
     try:
         table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
             column_types=READ_TYPES, include_columns=list(READ_TYPES),
-            strings_can_be_null=True))
+            null_values=NULL_VALUES, strings_can_be_null=True))
     except pa.ArrowInvalid as exc:
         raise _value_error(path, exc) from exc
     ids = table.column(USER_ID)
