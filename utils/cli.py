@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from utils import config
-from utils.errors import SessionlenError
+from utils.errors import SessionlenError, os_error_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,12 +226,9 @@ def run_cli(func: Callable[[argparse.Namespace], None], args: argparse.Namespace
     except SessionlenError as exc:
         print(f"sessionlen {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        print(f"sessionlen {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 2
     except OSError as exc:
-        print(f"sessionlen {args.command}: error: {exc.strerror or exc}"
-              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        # A full disk, a read-only WORK, a missing path: the path, what happened, what to do.
+        print(f"sessionlen {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sessionlen {args.command}: interrupted", file=sys.stderr)

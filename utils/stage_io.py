@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -14,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import PROJECT_ROOT
-from utils.errors import SessionlenError, StageIncompleteError
+from utils.errors import (
+    FIXABLE_ERRNOS,
+    OutputWriteError,
+    SessionlenError,
+    StageIncompleteError,
+    describe_os_error,
+)
 
 MANIFEST = "_manifest.json"
 
@@ -68,55 +76,125 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_path(path: Path, kind: str) -> Path:
+    """The hidden sibling `.name.<kind>-PID` this process writes `path` through."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a signal-0 probe; it sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, run by another user
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temp siblings of `path` (`.name.tmp-PID`, `.name.old-PID`) of dead processes.
+
+    A killed run leaves them behind; they are never read, only removed here. Those of a live
+    process are kept: another run may be writing the same output right now.
+    """
+    path = Path(path)
+    for kind in ("tmp", "old"):
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
+            pid = stale.name.rsplit("-", 1)[1]
+            if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _concerns(exc: OSError, paths: Sequence[Path]) -> bool:
+    """Whether an OSError is about one of `paths` (or a folder above them) or names no path."""
+    if exc.filename is None:
+        return True
+    failed = Path(os.path.abspath(os.fsdecode(exc.filename)))
+    mine = [Path(os.path.abspath(p)) for p in paths]
+    return any(failed == p or failed in p.parents or p in failed.parents for p in mine)
+
+
+@contextlib.contextmanager
+def writing(target: Path, *temps: Path) -> Iterator[None]:
+    """Report a full disk, a size limit or a read-only/forbidden `target` as one line naming it.
+
+    Write errors often carry no path (a full disk fails a write(), not an open()), so the
+    output being written is named here. Permission errors about other paths (an input read
+    inside the block) pass through unchanged.
+    """
+    try:
+        yield
+    except OSError as exc:
+        space = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+        if exc.errno not in FIXABLE_ERRNOS or not (space or _concerns(exc, [target, *temps])):
+            raise
+        raise OutputWriteError(f"{target}: cannot write: {describe_os_error(exc)}") from exc
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    path = Path(path)
+    tmp = _temp_path(path, "tmp")
+    with writing(path, tmp):
+        remove_stale_temps(path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "w", **open_kwargs: Any) -> Iterator[Any]:
     """Open a temp file beside `path`; rename it onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode, **open_kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = Path(path)
+    tmp = _temp_path(path, "tmp")
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        try:
+            with open(tmp, mode, **open_kwargs) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temp directory that replaces `final` only when the block succeeds.
 
-    A crash or kill leaves at most a hidden `.name.tmp-PID` directory, which the next run removes;
-    `final` is either the old complete output or the new complete one, never a mix.
+    A crash or kill leaves at most hidden `.name.tmp-PID` / `.name.old-PID` directories, which
+    the next run removes; `final` is either the old complete output, the new one, or absent
+    (killed between the two renames), never a mix. Stages whose manifest is written after
+    the rename read as incomplete until it is.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tmp, old = _temp_path(final, "tmp"), _temp_path(final, "old")
+    with writing(final, tmp, old):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(final)
+        tmp.mkdir()
+        try:
+            yield tmp
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_manifest(
