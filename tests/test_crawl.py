@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from utils.columns import (
 )
 from utils.config import PROJECT_ROOT, CrawlParams, WorkLayout
 from utils.errors import ApiKeyError, SessionlenError, StageIncompleteError
-from utils.fake_api import FakeApi, FaultConfig, start_server
+from utils.fake_api import FAULT_KINDS, FakeApi, FaultConfig, TrackRequest, start_server
 from utils.stage_io import MANIFEST, write_manifest
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -140,6 +142,17 @@ def test_the_key_is_stored_nowhere(tmp_path: Path, catalog: Path, api: FakeApi,
     assert KEY not in captured.out + captured.err + json.dumps(summary)
 
 
+def test_credentials_in_the_api_url_stay_out_of_messages_and_manifests(
+        tmp_path: Path, catalog: Path, api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    work = _work(tmp_path / "work", _unique_tracks(catalog, 3, 0))
+    url = api.url.replace("http://", "http://someone:pa55word@")
+    crawl.build_track_metadata(work, FAST, KEY, url + f"?api_key={KEY}", progress=False)
+    host = api.url.split("/")[2]
+    assert f"from {host}\n" in capsys.readouterr().out
+    manifest = json.loads((WorkLayout(work).tracks / MANIFEST).read_text())["metadata"]
+    assert manifest["parameters"]["api_url"] == f"{api.url}?api_key=***"
+
+
 def test_limit_asks_the_most_played_first(tmp_path: Path, catalog: Path, api: FakeApi) -> None:
     tracks = _unique_tracks(catalog, 12, 0).sample(frac=1.0, random_state=3)
     work = _work(tmp_path / "work", tracks)
@@ -207,32 +220,109 @@ def test_invalid_key_stops_at_once_with_one_clear_error(tmp_path: Path, catalog:
     assert not WorkLayout(work).track_metadata.exists()
 
 
-def test_faults_end_ok_after_retries(tmp_path: Path, catalog: Path) -> None:
-    faults = FaultConfig(p_5xx=0.05, p_rate_limit=0.05, p_temporary=0.05, p_operation_failed=0.05,
-                         p_slow=0.03, p_truncated=0.05, p_reset=0.05, slow_seconds=1.0, seed=3)
-    work = _work(tmp_path / "work", _unique_tracks(catalog, 40, 4))
-    with start_server(catalog, faults=faults) as server:
-        summary = _run(work, server, CrawlParams(rate=400.0, timeout_s=0.25, max_retries=8))
-        assert sum(server.fault_counts.values()) >= 5
+def _twenty_percent_faults(seed: int) -> FaultConfig:
+    """20% of requests faulty, the seven kinds equally likely; slow answers outlast a 0.3 s
+    client timeout."""
+    each = 0.2 / len(FAULT_KINDS)
+    return FaultConfig(p_5xx=each, p_rate_limit=each, p_temporary=each, p_operation_failed=each,
+                       p_slow=each, p_truncated=each, p_reset=each, slow_seconds=1.0, seed=seed)
+
+
+# The reason the client gives for the last fault a track met before the crawler gave up.
+FAULT_REASONS = {
+    "5xx": "HTTP 503", "rate_limit": "error 29: Rate Limit Exceeded",
+    "temporary": "error 16: There was a temporary error", "operation_failed": "error 8: Operation",
+    "slow": "timeout after 0.2s", "truncated": "truncated or malformed body",
+    "reset": "connection reset",
+}
+
+
+def _replay(faults: FaultConfig, in_catalog: list[bool], max_retries: int
+            ) -> tuple[list[tuple[str, str | None]], dict[str, int], int]:
+    """What a one-request-at-a-time crawl must end with, from the server's seeded draws.
+
+    Returns per track (status, last fault when failed), faults injected per kind, requests.
+    Every fault kind must make the crawler try again; any answer ends the track.
+    """
+    rng = random.Random(faults.seed)
+    injected = dict.fromkeys(FAULT_KINDS, 0)
+    ends: list[tuple[str, str | None]] = []
+    sent = 0
+    for known in in_catalog:
+        end: tuple[str, str | None] = ("failed", None)
+        for _ in range(max_retries + 1):
+            sent += 1
+            fault = faults.pick(rng.random())
+            if fault is None:
+                end = ("ok" if known else "not_found", None)
+                break
+            injected[fault] += 1
+            end = ("failed", fault)
+        ends.append(end)
+    return ends, injected, sent
+
+
+def _cache_rows(work: Path) -> pd.DataFrame:
+    return crawl.read_cache(WorkLayout(work).crawl_cache)
+
+
+def _asked(requests_per_track: Counter[TrackRequest], tracks: pd.DataFrame
+           ) -> Counter[tuple[str, str]]:
+    """Requests per (artist_key, track_key), mapped back from the names sent."""
+    keys = {(a, t): (ak, tk) for a, t, ak, tk in tracks[
+        ["artist_name", "track_name", "artist_key", "track_key"]].itertuples(index=False)}
+    asked: Counter[tuple[str, str]] = Counter()
+    for request, n in requests_per_track.items():
+        asked[keys[(request.artist, request.track)]] += n
+    return asked
+
+
+def _integrity(work: Path) -> str:
+    with sqlite3.connect(WorkLayout(work).crawl_cache) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _final_keys(work: Path) -> set[tuple[str, str]]:
+    """Tracks whose answer (ok or not_found) is stored: they must never be asked again."""
+    rows = _cache_rows(work)
+    final = rows[rows["status"].isin(crawl.FINAL_STATUSES)]
+    return set(zip(final["artist_key"], final["track_key"], strict=True))
+
+
+def test_twenty_percent_faults_end_exactly_as_replayed_and_a_rerun_asks_only_the_failed(
+        tmp_path: Path, catalog: Path) -> None:
+    # Seed 44: all seven kinds occur, and six tracks fail both attempts.
+    faults = _twenty_percent_faults(seed=44)
+    tracks = _unique_tracks(catalog, 50, 10)
+    work = _work(tmp_path / "work", tracks)
+    # One request at a time, so the server's n-th draw meets the crawler's n-th request.
+    params = CrawlParams(rate=400.0, concurrency=1, timeout_s=0.2, max_retries=1)
+    ends, injected, sent = _replay(faults, [True] * 50 + [False] * 10, params.max_retries)
+    with start_server(catalog, api_key=KEY, faults=faults) as server:
+        summary = _run(work, server, params)
+        assert server.fault_counts == injected
+        assert server.requests_served == sent == summary["requests_sent"] == 77
+    assert injected == {"5xx": 2, "rate_limit": 6, "temporary": 3, "operation_failed": 4,
+                        "slow": 2, "truncated": 2, "reset": 4}
+    assert summary["by_status"] == {"ok": 45, "not_found": 9, "failed": 6}
     out = _output(work)
-    assert summary["by_status"] == {"ok": 40, "not_found": 4}
-    assert (out.head(40)[DURATION] == 120.0 + np.arange(40)).all()
-    assert summary["requests_sent"] > 44
-
-
-def test_failed_tracks_keep_a_reason_and_are_retried_next_run(tmp_path: Path,
-                                                              catalog: Path) -> None:
-    work = _work(tmp_path / "work", _unique_tracks(catalog, 30, 0))
-    flaky = FaultConfig(p_5xx=0.3, p_truncated=0.2, p_reset=0.2, seed=5)
-    with start_server(catalog, faults=flaky) as server:
-        summary = _run(work, server, CrawlParams(rate=400.0, max_retries=0))
-    failed = summary["by_status"]["failed"]
-    assert failed > 5 and summary["by_status"]["ok"] == 30 - failed
-    assert all(r.startswith("gave up after 1 attempts: ") for r in summary["failed_reasons"])
-    with start_server(catalog) as server:
-        summary = _run(work, server)
-        assert server.requests_served == failed
-    assert summary["by_status"] == {"ok": 30}
+    assert out[crawl.API_STATUS].tolist() == [status for status, _ in ends]
+    cached = _cache_rows(work).set_index(["artist_key", "track_key"])
+    keys = list(zip(out["artist_key"], out["track_key"], strict=True))
+    for key, (status, fault) in zip(keys, ends, strict=True):
+        row = cached.loc[key]
+        assert row["status"] == status
+        if status == "failed":
+            assert row["reason"].startswith(f"gave up after 2 attempts: {FAULT_REASONS[fault]}")
+            assert row["attempts"] == 2
+    failed = set(cached.index[cached["status"] == "failed"])
+    # The faults stop: the rerun asks each failed track once, and nothing else.
+    with start_server(catalog, api_key=KEY) as server:
+        summary = _run(work, server, params)
+        assert _asked(server.requests_per_track, tracks) == Counter(dict.fromkeys(failed, 1))
+    assert summary["requests_sent"] == 6
+    assert summary["by_status"] == {"ok": 50, "not_found": 10}
+    assert (_output(work).head(50)[DURATION] == 120.0 + np.arange(50)).all()
 
 
 def test_kill_9_mid_crawl_then_rerun_asks_only_the_missing(tmp_path: Path, catalog: Path,
@@ -249,11 +339,16 @@ def test_kill_9_mid_crawl_then_rerun_asks_only_the_missing(tmp_path: Path, catal
     proc.wait(timeout=10)
     served_before = api.requests_served
     assert 25 <= served_before < 80
-    with sqlite3.connect(WorkLayout(work).crawl_cache) as conn:
-        cached = conn.execute("SELECT COUNT(*) FROM track_info").fetchone()[0]
-    assert cached >= served_before - 4  # at most the requests in flight were lost
+    assert _integrity(work) == "ok"
+    stored = _final_keys(work)
+    assert len(stored) >= served_before - 4  # at most the requests in flight were lost
+    asked_before = api.requests_per_track
     summary = _run(work, api)
-    assert summary["requests_sent"] == 80 - cached == api.requests_served - served_before
+    tracks = pd.read_csv(WorkLayout(work).unique_tracks, dtype=str, keep_default_na=False)
+    asked_again = _asked(api.requests_per_track - asked_before, tracks)
+    everything = set(zip(tracks["artist_key"], tracks["track_key"], strict=True))
+    assert asked_again == Counter(dict.fromkeys(everything - stored, 1))
+    assert summary["requests_sent"] == 80 - len(stored) == api.requests_served - served_before
     assert summary["by_status"] == {"ok": 70, "not_found": 10}
 
 
@@ -287,6 +382,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, catalog: Path) -> None:
     work = _work(tmp_path / "ok", tracks)
     with pytest.raises(SessionlenError, match="LASTFM_API_URL='ftp://x' is not an http"):
         crawl.build_track_metadata(work, FAST, KEY, "ftp://x", progress=False)
+    with pytest.raises(SessionlenError, match=r"LASTFM_API_URL='http://\[::1/2.0/' is not"):
+        crawl.build_track_metadata(work, FAST, KEY, "http://[::1/2.0/", progress=False)
+    # Parsed fine, refused by the HTTP stack at the first request: still one line, no key.
+    with pytest.raises(SessionlenError, match="API URL 'http://a..b/2.0/' is not a usable"):
+        crawl.build_track_metadata(work, FAST, KEY, "http://a..b/2.0/", progress=False)
 
 
 def test_rate_limiter_spaces_threads_and_stops() -> None:
@@ -364,27 +464,52 @@ def test_cli_offline_run_and_invalid_key(tmp_path: Path, catalog: Path, api: Fak
 
 
 @pytest.mark.slow
-def test_twenty_percent_faults_of_every_kind_and_a_kill(tmp_path: Path, catalog: Path) -> None:
-    each = 0.2 / 7
-    faults = FaultConfig(p_5xx=each, p_rate_limit=each, p_temporary=each, p_operation_failed=each,
-                         p_slow=each, p_truncated=each, p_reset=each, slow_seconds=1.0, seed=11)
-    work = _work(tmp_path / "work", _unique_tracks(catalog, 80, 20))
+def test_twenty_percent_faults_of_every_kind_and_a_kill(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.csv"
+    pd.DataFrame(_catalog_rows(400), columns=GT_TRACKS_COLUMNS).to_csv(catalog, index=False)
+    tracks = _unique_tracks(catalog, 400, 100)
+    work = _work(tmp_path / "work", tracks)
+    everything = set(zip(tracks["artist_key"], tracks["track_key"], strict=True))
     script = (
         "import sys; from utils import crawl; from utils.config import CrawlParams\n"
-        "crawl.build_track_metadata(sys.argv[1], CrawlParams(rate=60.0, timeout_s=0.3), "
-        "sys.argv[2], sys.argv[3], retry=crawl.RetryPolicy(0.01, 0.05), progress=False)\n")
-    with start_server(catalog, api_key=KEY, faults=faults) as server:
+        "crawl.build_track_metadata(sys.argv[1], CrawlParams(rate=150.0, timeout_s=0.2, "
+        "max_retries=1), sys.argv[2], sys.argv[3], retry=crawl.RetryPolicy(0.01, 0.05), "
+        "progress=False)\n")
+    params = CrawlParams(rate=150.0, timeout_s=0.2, max_retries=1)
+    with start_server(catalog, api_key=KEY, faults=_twenty_percent_faults(seed=11)) as server:
         proc = subprocess.Popen([sys.executable, "-c", script, str(work), KEY, server.url],
                                 cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
-        while server.requests_served < 50 and proc.poll() is None:
+        while server.requests_served < 250 and proc.poll() is None:
             time.sleep(0.01)
+        assert proc.poll() is None, "the crawl ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        summary = _run(work, server, CrawlParams(rate=60.0, timeout_s=0.3, max_retries=10))
-        assert sum(server.fault_counts.values()) >= 10
-    out = _output(work)
-    assert summary["by_status"] == {"ok": 80, "not_found": 20}
-    assert (out.head(80)[DURATION] == 120.0 + np.arange(80)).all()
-    with sqlite3.connect(WorkLayout(work).crawl_cache) as conn:
-        attempts = conn.execute("SELECT SUM(attempts) FROM track_info").fetchone()[0]
-    assert attempts > 100
+        time.sleep(0.3)  # requests already on the wire reach the server before the snapshot
+        assert _integrity(work) == "ok"
+        stored = _final_keys(work)
+        asked_before, served_before = server.requests_per_track, server.requests_served
+        summary = _run(work, server, params)
+        asked_again = _asked(server.requests_per_track - asked_before, tracks)
+        injected = server.fault_counts
+    assert 150 < len(stored) < 500
+    assert not set(asked_again) & stored
+    assert set(asked_again) == everything - stored
+    assert summary["requests_sent"] == sum(asked_again.values()) == (
+        server.requests_served - served_before)
+    assert all(injected[kind] > 0 for kind in FAULT_KINDS), injected
+    assert sum(injected.values()) == pytest.approx(0.2 * server.requests_served, rel=0.25)
+    cached = _cache_rows(work).set_index(["artist_key", "track_key"])
+    status = cached.loc[list(zip(tracks["artist_key"], tracks["track_key"], strict=True)),
+                        "status"].to_numpy()
+    assert set(status[:400]) <= {"ok", "failed"} and set(status[400:]) <= {"not_found", "failed"}
+    failed = cached[cached["status"] == "failed"]
+    assert len(failed) > 0 and failed["reason"].str.startswith("gave up after 2 attempts: ").all()
+    counts = Counter(status)
+    assert summary["by_status"] == {s: counts[s] for s in ("ok", "not_found", "failed")}
+    # The faults stop: the rerun completes exactly the failed tracks, one request each.
+    with start_server(catalog, api_key=KEY) as server:
+        summary = _run(work, server, params)
+        assert _asked(server.requests_per_track, tracks) == Counter(dict.fromkeys(failed.index, 1))
+    assert summary["by_status"] == {"ok": 400, "not_found": 100}
+    assert (_output(work).head(400)[DURATION] == 120.0 + np.arange(400)).all()
+    assert _integrity(work) == "ok"

@@ -168,22 +168,49 @@ def test_catalog_errors_name_the_file_and_line(tmp_path: Path) -> None:
         fake_api.load_catalog(bad)
 
 
-def test_cli_server_prints_its_url_serves_and_stops_on_ctrl_c(catalog: Path) -> None:
+@pytest.mark.parametrize(("stop_signal", "fault_args", "status", "faults_line"), [
+    (signal.SIGINT, [], 200, "(no faults)"),
+    (signal.SIGTERM, ["--p-5xx", "1"], 503, "(5xx 1)"),
+], ids=["SIGINT", "SIGTERM"])
+def test_cli_server_serves_and_stops_cleanly_on_ctrl_c_and_sigterm(
+        catalog: Path, stop_signal: signal.Signals, fault_args: list[str], status: int,
+        faults_line: str) -> None:
     env = {**os.environ, "LASTFM_API_KEY": KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "utils.cli", "fake-api", "--catalog", str(catalog), "--port", "0"],
+        [sys.executable, "-m", "utils.cli", "fake-api", "--catalog", str(catalog), "--port", "0",
+         *fault_args],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()  # type: ignore[union-attr]
         url = first.split(" at ")[1].split(" ")[0]
         query = {"method": "track.getInfo", "format": "json", "api_key": KEY,
                  "artist": "The Police", "track": "Roxanne"}
-        assert requests.get(url, params=query, timeout=5).json()["track"]["duration"] == "89000"
-        proc.send_signal(signal.SIGINT)
+        response = requests.get(url, params=query, timeout=5)
+        proc.send_signal(stop_signal)
         out, err = proc.communicate(timeout=10)
     finally:
         proc.kill()
     assert "3 tracks at http://127.0.0.1:" in first
-    assert proc.returncode == 0
-    assert "stopped after 1 requests" in out
+    assert response.status_code == status
+    assert status != 200 or response.json()["track"]["duration"] == "89000"
+    assert proc.returncode == 0 and err == ""
+    assert f"stopped by {stop_signal.name} after 1 requests {faults_line}" in out
     assert KEY not in first + out + err
+
+
+def test_requests_are_counted_per_track_without_the_key(api: FakeApi) -> None:
+    _get(api, artist="The Police", track="Roxanne")
+    _get(api, artist="The Police", track="Roxanne")
+    _get(api, mbid="b5a4f7a2-0000-4000-8000-000000000001")
+    assert api.requests_per_track == {
+        fake_api.TrackRequest("The Police", "Roxanne", ""): 2,
+        fake_api.TrackRequest("", "", "b5a4f7a2-0000-4000-8000-000000000001"): 1,
+    }
+    assert KEY not in repr(api.requests_per_track)
+
+
+def test_pick_maps_a_uniform_draw_onto_the_fault_kinds() -> None:
+    faults = FaultConfig(p_5xx=0.1, p_rate_limit=0.2, p_reset=0.3)
+    assert [faults.pick(u) for u in (0.0, 0.09, 0.1, 0.29, 0.31, 0.59, 0.61, 0.99)] == [
+        "5xx", "5xx", "rate_limit", "rate_limit", "reset", "reset", None, None]
+    assert FaultConfig().pick(0.0) is None

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -374,10 +374,28 @@ def _collect(future: Future[TrackResult], row: tuple, cache: TrackCache,
 
 def _check_api_url(api_url: str) -> None:
     """Refuse an API root that is not an http(s) URL, before any request."""
-    parts = urlsplit(api_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(api_url)
+        usable = parts.scheme in ("http", "https") and bool(parts.netloc)
+    except ValueError:  # an unbalanced IPv6 bracket, for one
+        usable = False
+    if not usable:
         raise SessionlenError(
             f"{API_URL_ENV}={client.scrub_key(api_url)!r} is not an http(s) URL")
+
+
+def _api_host(api_url: str) -> str:
+    """host[:port] of the API root, for messages; any user:password@ part stays out of them."""
+    parts = urlsplit(api_url)
+    host = f"[{parts.hostname}]" if ":" in str(parts.hostname) else str(parts.hostname)
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _public_url(api_url: str, api_key: str | None) -> str:
+    """The API root as a manifest records it: without any user:password@ part or key."""
+    parts = urlsplit(api_url)
+    public = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return client.scrub_key(public, api_key)
 
 
 def tracks_to_request(tracks: pd.DataFrame, cached: pd.DataFrame,
@@ -439,13 +457,14 @@ def _crawl_if_online(tracks: pd.DataFrame, cache_path: Path, params: CrawlParams
               "(median in-session gap after each track, else its artist's, else "
               f"{params.default_duration_s:g} s); genres stay empty.", flush=True)
         return 0, CrawlStats(0, 0.0), 0.0
+    _check_api_url(api_url)
     with TrackCache(cache_path) as cache, Timer() as timer:
         cached = cache.read()
         todo = tracks_to_request(tracks, cached, params.limit)
         scope = f"the {params.limit} most played of " if params.limit else ""
         print(f"track.getInfo: {len(todo)} tracks to ask ({scope}{len(tracks)}; "
               f"{len(cached)} in the cache) at {params.rate:g} req/s, {params.concurrency} "
-              f"concurrent, from {urlsplit(api_url).netloc}", flush=True)
+              f"concurrent, from {_api_host(api_url)}", flush=True)
         answered = assemble_metadata(tracks, cached, params.default_duration_s)
         covered = tracks[PLAY_COUNT].to_numpy()[answered[DURATION_SOURCE].eq("api").to_numpy()]
         stats = crawl_tracks(todo, cache, api_key=api_key, api_url=api_url, params=params,
@@ -501,7 +520,7 @@ def build_track_metadata(
     write_manifest(
         layout.tracks, "metadata", inputs=[layout.unique_tracks],
         parameters={**params.to_dict(), "mode": summary["mode"],
-                    "api_url": client.scrub_key(api_url, api_key),
+                    "api_url": _public_url(api_url, api_key),
                     "retry": asdict(retry or RetryPolicy(params.backoff_base_s,
                                                           params.backoff_cap_s))},
         rows_in=len(tracks), rows_out=len(metadata), rows_rejected=0,

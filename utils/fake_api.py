@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import socket
 import struct
 import threading
 import time
 import xml.etree.ElementTree as ET
 import zlib
+from collections import Counter
 from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 import pandas as pd
@@ -31,6 +33,7 @@ from utils.errors import SessionlenError
 from utils.lastfm_client import GENRE_SEPARATOR, METHOD, normalize_name
 
 API_PATH = "/2.0/"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FAULT_KINDS = ("5xx", "rate_limit", "temporary", "operation_failed", "slow", "truncated", "reset")
 ERROR_MESSAGES = {
     3: "Invalid Method - No method with that name in this package",
@@ -71,6 +74,22 @@ class FaultConfig:
         """The probabilities in FAULT_KINDS order."""
         return [self.p_5xx, self.p_rate_limit, self.p_temporary, self.p_operation_failed,
                 self.p_slow, self.p_truncated, self.p_reset]
+
+    def pick(self, u: float) -> str | None:
+        """The fault a request suffers given a uniform draw `u` in [0, 1), or None."""
+        for kind, p in zip(FAULT_KINDS, self.probabilities(), strict=True):
+            if u < p:
+                return kind
+            u -= p
+        return None
+
+
+class TrackRequest(NamedTuple):
+    """The track a request asked about, as sent (the key is deliberately not part of it)."""
+
+    artist: str
+    track: str
+    mbid: str
 
 
 @dataclass(frozen=True)
@@ -201,19 +220,19 @@ class _Server(ThreadingHTTPServer):
         self.requests_served = 0
         self.fault_counts = dict.fromkeys(FAULT_KINDS, 0)
         self.arrivals: list[float] = []
+        self.per_track: Counter[TrackRequest] = Counter()
 
-    def admit(self) -> str | None:
-        """Count a request and draw the fault it suffers, if any."""
+    def admit(self, query: dict[str, str]) -> str | None:
+        """Count a request (and the track it asks about) and draw the fault it suffers, if any."""
         with self.lock:
             self.requests_served += 1
             self.arrivals.append(time.perf_counter())
-            u = self.rng.random()
-            for kind, p in zip(FAULT_KINDS, self.faults.probabilities(), strict=True):
-                if u < p:
-                    self.fault_counts[kind] += 1
-                    return kind
-                u -= p
-        return None
+            self.per_track[TrackRequest(query.get("artist", ""), query.get("track", ""),
+                                        query.get("mbid", ""))] += 1
+            fault = self.faults.pick(self.rng.random())
+            if fault is not None:
+                self.fault_counts[fault] += 1
+        return fault
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients that hang up (after a timeout, a reset) are routine here, not tracebacks."""
@@ -233,7 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         query = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
-        fault = self.server.admit()
+        fault = self.server.admit(query)
         if fault == "reset":
             self._reset()
             return
@@ -308,6 +327,12 @@ class FakeApi:
             return dict(self._server.fault_counts)
 
     @property
+    def requests_per_track(self) -> Counter[TrackRequest]:
+        """How many requests asked about each track, faulty ones included."""
+        with self._server.lock:
+            return Counter(self._server.per_track)
+
+    @property
     def arrivals(self) -> list[float]:
         """`time.perf_counter()` of every request's arrival (to measure the client's rate)."""
         with self._server.lock:
@@ -333,18 +358,45 @@ def start_server(catalog: Path, host: str = "127.0.0.1", port: int = 0,
     return FakeApi(load_catalog(catalog), host, port, api_key, faults or FaultConfig())
 
 
+def wait_for_stop_signal() -> str:
+    """Block until SIGINT (Ctrl-C) or SIGTERM arrives; return its name.
+
+    Both are handled, so `kill` stops the server as cleanly as Ctrl-C; the previous handlers
+    come back afterwards. Must run in the main thread (Python delivers signals there).
+    """
+    received: list[int] = []
+    stop = threading.Event()
+
+    def handle(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return signal.Signals(received[0]).name
+
+
+def fault_summary(counts: dict[str, int]) -> str:
+    """Injected faults per kind, e.g. "5xx 3, reset 1", or "no faults"."""
+    injected = [f"{kind} {n}" for kind, n in counts.items() if n]
+    return ", ".join(injected) if injected else "no faults"
+
+
 def serve(catalog: Path, host: str, port: int, api_key: str | None, faults: FaultConfig) -> None:
-    """Serve until Ctrl-C, printing the URL to point LASTFM_API_URL at."""
+    """Serve until Ctrl-C or SIGTERM, printing the URL to point LASTFM_API_URL at."""
     api = start_server(catalog, host, port, api_key, faults)
     key_note = "checking the key from LASTFM_API_KEY" if api_key else "accepting any key"
     print(f"fake Last.fm API: {api.catalog_size} tracks at {api.url} ({key_note}); "
-          "Ctrl-C stops", flush=True)
+          "Ctrl-C or SIGTERM stops", flush=True)
     print(f"  export LASTFM_API_URL={api.url}", flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        stopped_by = wait_for_stop_signal()
     finally:
         api.stop()
-    print(f"fake Last.fm API stopped after {api.requests_served} requests", flush=True)
+    print(f"fake Last.fm API stopped by {stopped_by} after {api.requests_served} requests "
+          f"({fault_summary(api.fault_counts)})", flush=True)

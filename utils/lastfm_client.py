@@ -7,15 +7,18 @@ Numbers come back as strings; `duration` is milliseconds and "0" when unknown.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pandas as pd
 import requests
+import urllib3
 
 from utils.errors import SessionlenError
 
@@ -35,6 +38,9 @@ FAILED = "failed"
 
 GENRE_SEPARATOR = "|"
 MIN_KEY_LENGTH = 6
+# The HTTP stack's loggers whose lines can quote a request URL (and so the key).
+HTTP_LOGGERS = ("urllib3.connection", "urllib3.connectionpool", "urllib3.poolmanager",
+                "urllib3.response", "urllib3.util.retry", "requests")
 _KEY_IN_URL = re.compile(r"(api_key=)[^&\s'\"]+", re.IGNORECASE)
 
 
@@ -85,10 +91,15 @@ def normalize_names(names: pd.Series) -> pd.Series:
 
 
 def scrub_key(text: str, api_key: str | None = None) -> str:
-    """`text` with the API key removed, both literally and from any `api_key=` URL parameter."""
+    """`text` with the API key removed: any `api_key=` URL parameter, and the key itself as
+    given or URL-encoded (a server may echo the query string it received)."""
     text = _KEY_IN_URL.sub(r"\1***", text)
     # Real keys are 32 hex characters; replacing a one-letter test key would garble every word.
-    return text.replace(api_key, "***") if api_key and len(api_key) >= MIN_KEY_LENGTH else text
+    if not api_key or len(api_key) < MIN_KEY_LENGTH:
+        return text
+    for form in {api_key, quote(api_key, safe=""), quote_plus(api_key)}:
+        text = re.sub(re.escape(form), "***", text, flags=re.IGNORECASE)
+    return text
 
 
 def request_params(
@@ -209,16 +220,27 @@ def classify_response(status: int, body: bytes, api_key: str | None = None) -> A
 
 
 class _KeyScrubber(logging.Filter):
-    """Removes `api_key=...` from log records of the HTTP stack (its debug lines quote URLs)."""
+    """Removes `api_key=...` from log records of the HTTP stack: its lines quote request URLs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = scrub_key(record.getMessage()), ()
+        if record.exc_info:
+            # Format the traceback now, scrubbed; handlers print exc_text when it is set.
+            record.exc_text = scrub_key(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 
+@functools.cache
 def guard_http_logs() -> None:
-    """Attach the key scrubber to urllib3's loggers (once)."""
-    for name in ("urllib3.connectionpool", "urllib3.util.retry"):
+    """Attach the key scrubber to every logger of the HTTP stack (once per process).
+
+    A logger's filters only see that logger's own records, so each module's logger needs one:
+    urllib3.connection, for one, warns with the full URL when a response's headers are malformed.
+    """
+    existing = [name for name in list(logging.root.manager.loggerDict)
+                if name.split(".")[0] in ("urllib3", "requests")]
+    for name in {*HTTP_LOGGERS, *existing}:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _KeyScrubber) for f in logger.filters):
             logger.addFilter(_KeyScrubber())
@@ -239,8 +261,9 @@ def fetch_once(
     except requests.Timeout:
         return Attempt(RETRY, reason=f"timeout after {timeout_s:g}s")
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema):
-        raise SessionlenError(f"the API URL {api_url!r} is not a usable http(s) URL") from None
+            requests.exceptions.InvalidSchema, urllib3.exceptions.LocationParseError):
+        raise SessionlenError(
+            f"the API URL {scrub_key(api_url, api_key)!r} is not a usable http(s) URL") from None
     except requests.exceptions.ChunkedEncodingError:
         return Attempt(RETRY, reason="connection broken mid-body")
     except requests.ConnectionError as exc:
