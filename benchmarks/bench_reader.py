@@ -18,25 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from peers import read_arrow_floor
+
 READERS = ("arrow-floor", "pandas-quote-none", "sessionlen-arrow", "sessionlen")
-
-
-def _read_arrow_floor(path: Path) -> int:
-    """One multi-threaded pyarrow CSV read into strings: the least any reader must do."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    from utils.columns import PLAYS_COLUMNS
-
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=PLAYS_COLUMNS),
-        parse_options=pacsv.ParseOptions(
-            delimiter="\t", quote_char=False, invalid_row_handler=lambda row: "skip"),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(PLAYS_COLUMNS, pa.string()), strings_can_be_null=False),
-    )
-    return table.num_rows
 
 
 def _read_pandas(path: Path) -> int:
@@ -67,7 +51,7 @@ def _read_sessionlen(path: Path) -> int:
 def run_one(reader: str, path: Path) -> dict[str, float]:
     """Time one reader in this process; rows, seconds and peak RSS in GiB."""
     function = {
-        "arrow-floor": _read_arrow_floor, "pandas-quote-none": _read_pandas,
+        "arrow-floor": read_arrow_floor, "pandas-quote-none": _read_pandas,
         "sessionlen-arrow": _read_sessionlen_arrow, "sessionlen": _read_sessionlen,
     }[reader]
     start = time.perf_counter()

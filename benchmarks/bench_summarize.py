@@ -22,41 +22,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from peers import duckdb_sessions
 
-from utils.columns import USER_DIR_COLUMNS
 from utils.config import SessionParams, WorkLayout
 from utils.stage_io import MANIFEST, require_stage
 from utils.summaries import LENGTH_MS, load_summaries, summarize, user_files
-
-DUCKDB_SESSIONS = """
-WITH plays AS (
-    SELECT user_id, epoch_ms(CAST("timestamp" AS TIMESTAMPTZ)) AS ts,
-           CAST(duration AS DOUBLE) AS dur, filename, row_number() OVER () AS file_row
-    FROM read_csv($files, header = true, columns = $columns, filename = true)
-), ordered AS (
-    SELECT *, row_number() OVER w AS seq, lag(ts) OVER w AS prev_ts, lag(dur) OVER w AS prev_dur
-    FROM plays WINDOW w AS (PARTITION BY user_id ORDER BY ts, filename, file_row)
-), marked AS (
-    SELECT *, sum(CASE WHEN prev_ts IS NULL
-                         OR CAST(ts - prev_ts AS DOUBLE) - coalesce(prev_dur, 0.0) * 1000.0
-                            > $gap_ms THEN 1 ELSE 0 END)
-              OVER (PARTITION BY user_id ORDER BY seq ROWS UNBOUNDED PRECEDING) - 1 AS session_id
-    FROM ordered
-), sessions AS (
-    SELECT user_id, session_id, min(ts) AS start_ms, max(ts) AS last_ts,
-           arg_max(coalesce(dur, 0.0), seq) AS last_dur, count(*) AS plays
-    FROM marked GROUP BY user_id, session_id
-), lengths AS (
-    SELECT *, CAST(floor((CAST(last_ts - start_ms AS DOUBLE) / 1000.0 + last_dur) * 1000.0 + 0.5)
-                   AS BIGINT) AS length_ms
-    FROM sessions
-)
-SELECT user_id, session_id, start_ms, plays, length_ms,
-       coalesce(lag(length_ms) OVER h, 0) AS previous_ms,
-       coalesce(sum(length_ms) OVER (h ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
-           AS earlier_ms
-FROM lengths WINDOW h AS (PARTITION BY user_id ORDER BY session_id)
-"""
 
 
 def scratch_work(work: Path, scratch: Path) -> Path:
@@ -84,17 +54,9 @@ def stage_run(root: Path, engine: str, spark_master: str | None) -> dict[str, fl
 
 def duckdb_run(root: Path, threads: int | None) -> dict[str, float]:
     """The session rule and per-session summary as SQL window functions in DuckDB."""
-    import duckdb
-
-    files = [str(p) for paths in user_files(WorkLayout(root).user_dir).values() for p in paths]
-    con = duckdb.connect()
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
+    files = [p for paths in user_files(WorkLayout(root).user_dir).values() for p in paths]
     started = time.perf_counter()
-    table: pd.DataFrame = con.execute(DUCKDB_SESSIONS, {
-        "files": files, "columns": {c: "VARCHAR" for c in USER_DIR_COLUMNS},
-        "gap_ms": SessionParams().gap_minutes * 60_000.0,
-    }).df()
+    table = duckdb_sessions(files, SessionParams().gap_minutes, threads)
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds, "compute_seconds": seconds, "plays": int(table["plays"].sum()),
