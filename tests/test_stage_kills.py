@@ -385,14 +385,7 @@ KILL_POINTS = ("created", "half-written", "first-renamed", "renamed", "t=0.3", "
 @pytest.mark.parametrize("over_old", [False, True], ids=["first-run", "over-old-output"])
 @pytest.mark.parametrize("command", list(STAGES))
 def test_stage_killed_at_every_point_reruns_identically(
-        pipeline: Pipeline, tmp_path: Path, command: str, over_old: bool,
-        request: pytest.FixtureRequest) -> None:
-    if command == "metadata" and over_old:
-        # Strict: once the stage forgets its entry before replacing the file, this fails
-        # as XPASS and the mark goes.
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "crawl.build_track_metadata renames the new track_metadata.csv into place while "
-            "the old 'metadata' manifest entry still reads as complete")))
+        pipeline: Pipeline, tmp_path: Path, command: str, over_old: bool) -> None:
     stage = STAGES[command]
     reports = {point: kill_and_rerun(pipeline, tmp_path / point, stage, point, over_old)
                for point in KILL_POINTS}

@@ -44,7 +44,14 @@ from utils.columns import (
 )
 from utils.config import API_KEY_ENV, API_URL_ENV, LASTFM_API_URL, CrawlParams, WorkLayout
 from utils.errors import ApiKeyError, SessionlenError
-from utils.stage_io import Timer, atomic_file, require_file, require_stage, write_manifest
+from utils.stage_io import (
+    Timer,
+    atomic_file,
+    forget_stage,
+    require_file,
+    require_stage,
+    write_manifest,
+)
 from utils.tracks import read_unique_tracks
 
 if TYPE_CHECKING:
@@ -147,6 +154,11 @@ class TrackCache:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(CACHE_SCHEMA)
             self._conn.commit()
+        except sqlite3.OperationalError as exc:
+            # Disk full, read-only or locked: the file itself is fine, its place is not.
+            raise SessionlenError(
+                f"{self.path}: cannot use the crawl cache ({exc}); check the free space and "
+                "write permission of its folder, then rerun") from None
         except sqlite3.DatabaseError as exc:
             raise SessionlenError(
                 f"{self.path}: unusable crawl cache ({exc}); delete it to start afresh") from None
@@ -507,6 +519,8 @@ def build_track_metadata(
                                                 api_url, retry, progress)
         cached = read_cache(layout.crawl_cache)
         metadata = assemble_metadata(tracks, cached, params.default_duration_s)
+        # Until the new manifest entry is written, the stage must read as incomplete.
+        forget_stage(layout.tracks, "metadata")
         with atomic_file(layout.track_metadata, newline="", encoding="utf-8") as fh:
             metadata.to_csv(fh, index=False)
     summary = {
