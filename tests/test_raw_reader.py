@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import string
 from pathlib import Path
 
@@ -297,8 +298,9 @@ _names = st.text(
     min_size=1, max_size=12,
 )
 _mbids = st.one_of(st.just(""), st.uuids().map(str))
-_user_ids = st.text(string.ascii_letters + string.digits + "_.-", min_size=1, max_size=12).filter(
-    lambda u: u not in (".", ".."))
+_user_ids = st.builds(operator.add, st.text(string.ascii_letters + string.digits, min_size=1,
+                                             max_size=1),
+                      st.text(string.ascii_letters + string.digits + "_.-", max_size=11))
 _times = st.integers(0, 2_000_000_000).map(
     lambda s: pd.Timestamp(s, unit="s").strftime("%Y-%m-%dT%H:%M:%SZ"))
 _valid_lines = st.tuples(_user_ids, _times, _mbids, _names, _mbids, _names).map("\t".join)

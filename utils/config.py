@@ -23,7 +23,10 @@ SESSION_GAP_MINUTES = 30.0
 LASTFM_API_URL = "http://ws.audioscrobbler.com/2.0/"
 API_KEY_ENV = "LASTFM_API_KEY"
 API_URL_ENV = "LASTFM_API_URL"
-USER_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+# User ids become folder names. A leading letter or digit keeps out ".", "..", hidden names and
+# the "_"/"." names that Spark and Hadoop skip as bookkeeping; 200 characters stay below every
+# filesystem's 255-byte name limit.
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,9 @@ REASONS = {
     CARRIAGE_RETURN: "carriage return (CR) inside the line",
     FIELD_COUNT: "expected {expected} tab-separated fields, got {got}",
     INVALID_UTF8: "invalid UTF-8",
-    BAD_USER_ID: f"invalid user id (must match {USER_ID_PATTERN}, not . or ..)",
+    # Doubled braces: every reason goes through str.format.
+    BAD_USER_ID: "invalid user id (must match {pattern})".format(
+        pattern=USER_ID_PATTERN.replace("{", "{{").replace("}", "}}")),
     BAD_TIMESTAMP: "invalid timestamp (expected YYYY-MM-DDTHH:MM:SSZ, UTC)",
     EMPTY_ARTIST: "empty artist name",
     EMPTY_TRACK: "empty track name",
