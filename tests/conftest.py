@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from utils.config import PROJECT_ROOT
+from utils.config import API_KEY_ENV, API_URL_ENV, PROJECT_ROOT
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 SAMPLE_DIR = SHARED_DATA / "lastfm-1k-sample"
@@ -25,3 +26,16 @@ def api_responses_dir() -> Path:
     """Real Last.fm API response bodies."""
     assert API_RESPONSES_DIR.is_dir(), f"real reference data missing: {API_RESPONSES_DIR}"
     return API_RESPONSES_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_real_api() -> Iterator[None]:
+    """No test may reach the real Last.fm API with a key from the caller's environment.
+
+    Stages, notebooks and children inherit the environment; tests that crawl set the key and
+    a loopback LASTFM_API_URL themselves. Session scope: module fixtures run stages too.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(API_KEY_ENV, raising=False)
+        patch.delenv(API_URL_ENV, raising=False)
+        yield

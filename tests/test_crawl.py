@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -461,6 +462,28 @@ def test_cli_offline_run_and_invalid_key(tmp_path: Path, catalog: Path, api: Fak
         "sessionlen metadata: error: Last.fm rejected the API key (error 10: Invalid API key - "
         "You must be granted a valid key by last.fm); check LASTFM_API_KEY"]
     assert wrong not in rejected.stdout + rejected.stderr
+
+
+def test_cli_timeout_and_retries_bound_an_unreachable_api(tmp_path: Path, catalog: Path) -> None:
+    work = _work(tmp_path / "work", _unique_tracks(catalog, 3, 0))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    env = {**os.environ, "LASTFM_API_KEY": KEY,
+           "LASTFM_API_URL": f"http://127.0.0.1:{closed_port}/2.0/"}
+    command = [sys.executable, "-m", "utils.cli", "metadata", "--work", str(work),
+               "--timeout", "0.5", "--max-retries", "0", "--rate", "50"]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    cache = crawl.read_cache(WorkLayout(work).crawl_cache)
+    assert list(cache["status"]) == ["failed"] * 3
+    assert set(cache["reason"]) == {"gave up after 1 attempts: connection refused"}
+    assert list(cache["attempts"]) == [1, 1, 1]
+    bad = subprocess.run([*command[:-6], "--max-retries", "-1"], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith("must be 0 or a positive integer, got -1 (see --help)")
 
 
 @pytest.mark.slow

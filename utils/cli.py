@@ -27,6 +27,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -63,15 +70,12 @@ def cmd_tracks(args: argparse.Namespace) -> None:
 
 
 def cmd_metadata(args: argparse.Namespace) -> None:
-    from utils.crawl import build_track_metadata
+    from utils.crawl import api_key_from_env, api_url_from_env, build_track_metadata
 
-    params = config.CrawlParams(rate=args.rate, limit=args.limit,
-                                concurrency=args.concurrency)
-    summary = build_track_metadata(
-        args.work, params,
-        api_key=os.environ.get(config.API_KEY_ENV) or None,
-        api_url=os.environ.get(config.API_URL_ENV) or config.LASTFM_API_URL,
-    )
+    params = config.CrawlParams(rate=args.rate, limit=args.limit, concurrency=args.concurrency,
+                                timeout_s=args.timeout, max_retries=args.max_retries)
+    summary = build_track_metadata(args.work, params, api_key=api_key_from_env(),
+                                   api_url=api_url_from_env())
     print(summary)
 
 
@@ -159,8 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metadata", help="track durations and genres (Last.fm API or offline)")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--limit", type=_positive_int, default=None)
-    p.add_argument("--rate", type=_positive_float, default=5.0, help="requests per second")
-    p.add_argument("--concurrency", type=_positive_int, default=4)
+    crawl = config.CrawlParams()
+    p.add_argument("--rate", type=_positive_float, default=crawl.rate, help="requests per second")
+    p.add_argument("--concurrency", type=_positive_int, default=crawl.concurrency)
+    p.add_argument("--timeout", type=_positive_float, default=crawl.timeout_s,
+                   help="seconds to wait for one answer")
+    p.add_argument("--max-retries", type=_non_negative_int, default=crawl.max_retries,
+                   help="retries of a request after a transient fault")
     p.set_defaults(func=cmd_metadata)
 
     p = sub.add_parser("denormalize", help="per-user play files joined with profile and metadata")
