@@ -13,9 +13,12 @@ formatted once on the driver by the local code and joined in, so the text cannot
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +44,7 @@ from utils.spark import get_spark
 from utils.tracks import MAX_IN_SESSION_GAP_S
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, Observation, SparkSession
 
 # What Python's str.strip() removes: every character for which str.isspace() is true.
 PYTHON_WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
@@ -53,6 +56,17 @@ ROW_BITS = 33
 # RE2 (Arrow) anchors `$` at the very end; Java lets it match before a final line terminator.
 SPARK_USER_ID_PATTERN = USER_ID_PATTERN.removesuffix("$") + r"\z"
 TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
+# A kept line's shape in one regular expression (with the UTF-8, "."/".." and calendar checks
+# it is the whole verdict): nearly all lines match, so the check-by-check verdict that names a
+# line's first failing rule runs only for the few that do not.
+PLAIN_LINE = ("^" + USER_ID_PATTERN.removeprefix("^").removesuffix("$")
+              + r"\t[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z"
+              + r"\t[^\t\r]*\t[^\t\r]+\t[^\t\r]*\t[^\t\r]+\z")
+# The characters NEEDS_QUOTING matches (csv_text quotes a field holding any of them).
+QUOTED_CHARACTERS = tuple(chr(c) for c in range(128) if re.search(NEEDS_QUOTING, chr(c)))
+SPELLINGS = (C.ARTIST_NAME, C.TRACK_NAME, C.ARTIST_MBID, C.TRACK_MBID)
+GAP = "gap"
+PLAYS = "plays"
 
 
 def spark_session(master: str | None) -> SparkSession:
@@ -70,32 +84,42 @@ def name_key(name: Column) -> Column:
 
 
 def quote_minimal(value: Column) -> Column:
-    """Spark twin of csv_text.quote_minimal (null becomes empty)."""
+    """Spark twin of csv_text.quote_minimal (null becomes empty).
+
+    Byte searches for the characters of NEEDS_QUOTING: a regular expression would decode
+    every name to Java text first.
+    """
     from pyspark.sql import functions as F
 
     text = F.coalesce(value, F.lit(""))
     quoted = F.concat(F.lit('"'), F.replace(text, F.lit('"'), F.lit('""')), F.lit('"'))
-    return F.when(text.rlike(NEEDS_QUOTING), quoted).otherwise(text)
+    needs_quoting = reduce(lambda a, b: a | b, [text.contains(c) for c in QUOTED_CHARACTERS])
+    return F.when(needs_quoting, quoted).otherwise(text)
 
 
-def numbered_lines(spark: SparkSession, path: Path) -> tuple[DataFrame, int]:
-    """The file's lines (split on LF only) with 1-based line numbers, and the line count."""
+def numbered_text(spark: SparkSession, path: Path) -> DataFrame:
+    """The file's lines (split on LF only) with their partition and an id ordered as the file."""
     from pyspark.sql import functions as F
 
-    text = spark.read.option("lineSep", "\n").text(str(path)).select(
+    return spark.read.option("lineSep", "\n").text(str(path)).select(
         F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("id"),
         "value")
-    sizes = dict(text.groupBy("part").count().collect())
-    parts = max(sizes, default=-1) + 1
-    offsets = np.concatenate([[0], np.cumsum([sizes.get(p, 0) for p in range(parts)])])
-    offset = F.element_at(F.array(*[F.lit(int(o)) for o in offsets[:-1]]), F.col("part") + 1)
+
+
+def line_number(offsets: Sequence[int]) -> Column:
+    """1-based line number of a numbered_text row, from the lines before each partition."""
+    from pyspark.sql import functions as F
+
+    offset = F.element_at(F.array(*[F.lit(int(o)) for o in offsets]), F.col("part") + 1)
     local_row = F.col("id") - F.shiftleft(F.col("part").cast("long"), ROW_BITS)
-    lines = text.select((offset + local_row + 1).alias(LINE), "value")
-    return lines, int(offsets[-1])
+    return offset + local_row + 1
 
 
-def _timestamp_checks(stamp: Column) -> tuple[Column, Column]:
-    """(valid, seconds since epoch) of a YYYY-MM-DDTHH:MM:SSZ field, the reader's strict rule."""
+def _timestamp_checks(stamp: Column) -> tuple[Column, Column, Column]:
+    """(valid, seconds since epoch, is a calendar date) of a YYYY-MM-DDTHH:MM:SSZ field.
+
+    `valid` is the reader's strict rule; the calendar part alone completes PLAIN_LINE.
+    """
     from pyspark.sql import functions as F
 
     def number(start: int, length: int) -> Column:
@@ -107,26 +131,32 @@ def _timestamp_checks(stamp: Column) -> tuple[Column, Column]:
              & date.isNotNull() & (hour < 24) & (minute < 60) & (second < 60))
     seconds = (F.unix_date(date).cast("long") * SECONDS_PER_DAY + hour * 3600 + minute * 60
                + second)
-    return F.coalesce(valid, F.lit(False)), seconds
+    return F.coalesce(valid, F.lit(False)), seconds, date.isNotNull()
 
 
 def classify_lines(lines: DataFrame) -> DataFrame:
     """Each line's reject code (0 = kept), checks in the local reader's order, and its fields.
 
     Built in steps so that the split and the verdict are computed once per line (the optimizer
-    does not merge steps when that would repeat an expensive expression).
+    does not merge steps when that would repeat an expensive expression). The verdict is one
+    regular expression and the calendar check for a plain line; the checks one by one, which
+    name the first failing rule, run only on lines that are not plain.
     """
     from pyspark.sql import functions as F
 
     value = F.col("value")
     names = [f"f{j}" for j in range(len(C.PLAYS_COLUMNS))]
-    split = lines.select(LINE, "value", F.split(value, "\t", -1).alias("fields"))
-    split = split.select(LINE, "value", F.size("fields").alias("n_fields"),
+    keep = [c for c in lines.columns if c != "value"]
+    split = lines.select(*keep, "value", F.split(value, "\t", -1).alias("fields"))
+    split = split.select(*keep, "value", F.size("fields").alias("n_fields"),
                          *[F.col("fields").getItem(j).alias(n) for j, n in enumerate(names)])
     user, stamp, artist, track = F.col("f0"), F.col("f1"), F.col("f3"), F.col("f5")
-    stamp_ok, seconds = _timestamp_checks(stamp)
+    stamp_ok, seconds, calendar_ok = _timestamp_checks(stamp)
+    plain = (value.rlike(PLAIN_LINE) & F.is_valid_utf8(value) & ~user.isin(".", "..")
+             & calendar_ok)
     code = (
-        F.when(value == "", rr.EMPTY_LINE)
+        F.when(plain, rr.OK)
+        .when(value == "", rr.EMPTY_LINE)
         .when(F.instr(value, "\r") > 0, rr.CARRIAGE_RETURN)
         .when(F.col("n_fields") != len(C.PLAYS_COLUMNS), rr.FIELD_COUNT)
         .when(~F.is_valid_utf8(value), rr.INVALID_UTF8)
@@ -138,7 +168,7 @@ def classify_lines(lines: DataFrame) -> DataFrame:
     )
     checked = split.select("*", code.alias("code"), seconds.alias(TS_S))
     return checked.select(
-        LINE, "code", "n_fields",
+        *keep, "code", "n_fields",
         # Only a rejected line's raw bytes are kept, for the rejects file.
         F.when(F.col("code") != rr.OK, value.cast("binary")).alias("raw"),
         user.alias(C.USER_ID), stamp.alias(TS_TEXT), TS_S,
@@ -147,25 +177,52 @@ def classify_lines(lines: DataFrame) -> DataFrame:
     )
 
 
-def _collect_rejects(classified: DataFrame) -> rr.Rejects:
-    """The rejected lines in file order, with the reader's reasons and leniently decoded text."""
+def scan_lines(spark: SparkSession, path: Path) -> tuple[np.ndarray, rr.Rejects]:
+    """One pass over the file: the lines before each partition, and the rejected lines.
+
+    Each partition reports its line count and its rejected lines (few), so the line numbers
+    are known without another pass and nothing of the kept lines is stored.
+    """
     from pyspark.sql import functions as F
 
-    table = (classified.where(F.col("code") != rr.OK)
-             .select(LINE, "code", "n_fields", "raw")
-             .toArrow().sort_by(LINE))
-    codes = table["code"].to_pylist()
-    counts = table["n_fields"].to_pylist()
+    checked = classify_lines(numbered_text(spark, path))
+    rejected = F.struct("id", "code", "n_fields", "raw")
+    table = (checked.groupBy("part")
+             .agg(F.count(F.lit(1)).alias("lines"),
+                  F.collect_list(F.when(F.col("code") != rr.OK, rejected)).alias("rejects"))
+             .toArrow())
+    sizes = dict(zip(table["part"].to_pylist(), table["lines"].to_pylist(), strict=True))
+    counts = [sizes.get(p, 0) for p in range(max(sizes, default=-1) + 1)]
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    return offsets, _rejects(table, offsets)
+
+
+def _rejects(table: pa.Table, offsets: np.ndarray) -> rr.Rejects:
+    """The rejected lines in file order, with the reader's reasons and leniently decoded text."""
+    import pyarrow.compute as pc
+
+    column = table["rejects"].combine_chunks()
+    parts = table["part"].to_numpy()[pc.list_parent_indices(column).to_numpy()]
+    rows = pc.list_flatten(column)
+    local = rows.field("id").to_numpy() - (parts.astype(np.int64) << ROW_BITS)
+    numbers = offsets[parts] + local + 1
+    order = np.argsort(numbers, kind="stable")
+    codes = rows.field("code").to_numpy()[order].tolist()
+    counts = rows.field("n_fields").to_numpy()[order].tolist()
     reasons = [rr.REASONS[c].format(expected=len(C.PLAYS_COLUMNS), got=n)
                for c, n in zip(codes, counts, strict=True)]
-    lines = [raw.decode("utf-8", errors="replace") for raw in table["raw"].to_pylist()]
-    return rr.Rejects(table[LINE].to_numpy().astype(np.int64), reasons, lines)
+    raw = rows.field("raw").to_pylist()
+    lines = [raw[i].decode("utf-8", errors="replace") for i in order.tolist()]
+    return rr.Rejects(numbers[order].astype(np.int64), reasons, lines)
 
 
 def read_plays_spark(spark: SparkSession, path: Path, rejects_dir: Path
                      ) -> tuple[DataFrame, dict[str, Any]]:
-    """Kept plays (cached) and the line accounting, rejects written as the local reader does."""
-    from pyspark import StorageLevel
+    """Kept plays (not cached) and the line accounting, rejects written as the local reader does.
+
+    The kept plays are read again by the job that uses them: re-reading and re-checking the
+    text costs far less than caching every column of every play.
+    """
     from pyspark.sql import functions as F
 
     # The local reader's quick refusal of a file that is not in the format at all.
@@ -173,12 +230,12 @@ def read_plays_spark(spark: SparkSession, path: Path, rejects_dir: Path
     rr.check_not_empty(path, "plays", rr.PLAYS_EXPECTED, head.n_lines)
     rr.check_mostly_valid(path, "plays", rr.PLAYS_EXPECTED, head.n_lines, head.rejects,
                            scope=" at the start of the file")
-    lines, rows_in = numbered_lines(spark, path)
-    classified = classify_lines(lines).persist(StorageLevel.MEMORY_AND_DISK)
-    rejects = _collect_rejects(classified)
+    offsets, rejects = scan_lines(spark, path)
+    rows_in = int(offsets[-1])
     rr.check_mostly_valid(path, "plays", rr.PLAYS_EXPECTED, rows_in, rejects)
     target = rr.write_rejects(path, rejects_dir, rejects)
-    kept = classified.where(F.col("code") == rr.OK).drop("code", "n_fields", "raw")
+    lines = numbered_text(spark, path).select(line_number(offsets).alias(LINE), "value")
+    kept = classify_lines(lines).where(F.col("code") == rr.OK).drop("code", "n_fields", "raw")
     return kept, {"rows_in": rows_in, "rows_rejected": len(rejects.line_numbers),
                   "rejects_path": str(target) if target else None}
 
@@ -195,26 +252,88 @@ def with_in_session_gaps(plays: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     order = Window.partitionBy(C.USER_ID).orderBy(F.col(TS_S), F.col(LINE).desc())
-    gap = F.lead(TS_S).over(order) - F.col(TS_S)
-    return plays.withColumn("gap", F.when((gap > 0) & (gap <= MAX_IN_SESSION_GAP_S), gap))
+    with_next = plays.withColumn(GAP, F.lead(TS_S).over(order) - F.col(TS_S))
+    return with_next.withColumn(GAP, F.when((F.col(GAP) > 0) & (F.col(GAP) <= MAX_IN_SESSION_GAP_S),
+                                            F.col(GAP)))
 
 
-def unique_tracks_frame(plays: DataFrame) -> DataFrame:
-    """Spark twin of tracks.unique_tracks_table (unsorted, unformatted).
+def spelling_counts(plays: DataFrame, partitions: int) -> DataFrame:
+    """Plays counted per spelling (names and MBIDs) and gap, with keys, hashed by artist key.
 
-    `mode(..., deterministic=True)` is the most frequent non-null value, ties to the lowest in
-    byte order, which is the local engine's code point order.
+    Everything the unique-tracks table holds follows from these counts, which are a fraction
+    of the plays: the keys are computed once per spelling, not once per play, and every later
+    step groups by the artist key, so nothing after this shuffles again.
     """
     from pyspark.sql import functions as F
 
-    keyed = with_in_session_gaps(with_keys(plays))
-    spellings = [F.mode(c, deterministic=True).alias(c)
-                 for c in (C.ARTIST_NAME, C.TRACK_NAME, C.ARTIST_MBID, C.TRACK_MBID)]
-    tracks = keyed.groupBy(C.ARTIST_KEY, C.TRACK_KEY).agg(
-        F.count(F.lit(1)).alias(C.PLAY_COUNT), F.median("gap").alias(C.GAP_MEDIAN_S),
-        F.count("gap").alias(C.GAP_COUNT), *spellings)
-    artists = keyed.groupBy(C.ARTIST_KEY).agg(F.median("gap").alias(C.ARTIST_GAP_MEDIAN_S))
-    return tracks.join(artists, C.ARTIST_KEY, "left").select(*C.UNIQUE_TRACKS_COLUMNS)
+    counts = with_in_session_gaps(plays).groupBy(*SPELLINGS, GAP).agg(
+        F.count(F.lit(1)).alias(PLAYS))
+    return with_keys(counts).repartition(partitions, C.ARTIST_KEY)
+
+
+def _tallies(counts: DataFrame) -> DataFrame:
+    """Plays per (artist key, track key, kind, value): kinds 0-3 count each spelling, kind 4
+    each gap of the track, kind 5 each gap of the artist (track key null)."""
+    from pyspark.sql import functions as F
+
+    def entry(kind: int, track: Column | None, value: Column | None, gap: Column | None
+              ) -> Column:
+        return F.struct(F.lit(kind).alias("kind"),
+                        (track if track is not None else F.lit(None).cast("string")).alias("track"),
+                        (value if value is not None else F.lit(None).cast("string")).alias("value"),
+                        (gap if gap is not None else F.lit(None).cast("long")).alias(GAP))
+
+    track, gap = F.col(C.TRACK_KEY), F.col(GAP)
+    entries = [entry(k, track, F.col(c), None) for k, c in enumerate(SPELLINGS)]
+    entries += [entry(len(SPELLINGS), track, None, gap), entry(len(SPELLINGS) + 1, None, None, gap)]
+    long = counts.select(C.ARTIST_KEY, PLAYS, F.explode(F.array(*entries)).alias("e")).select(
+        C.ARTIST_KEY, "e.*", PLAYS)
+    # An unknown MBID is no spelling, and a play without a gap gives no gap evidence.
+    known = F.when(F.col("kind") < len(SPELLINGS), F.col("value").isNotNull()).otherwise(
+        F.col(GAP).isNotNull())
+    return (long.where(known).groupBy(C.ARTIST_KEY, "track", "kind", "value", GAP)
+            .agg(F.sum(PLAYS).alias(PLAYS)))
+
+
+def unique_tracks_frame(plays: DataFrame, partitions: int) -> DataFrame:
+    """Spark twin of tracks.unique_tracks_table (unsorted, unformatted), in one chain of steps.
+
+    The most frequent spelling is the first by (count descending, value in byte order: the
+    local engine's code point order). A median is the mean of the values at the 0-based
+    positions (n - 1) // 2 and n // 2 of the sorted gaps, found from running counts.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    kind, count, gap = F.col("kind"), F.col(PLAYS), F.col(GAP)
+    spelling = kind < len(SPELLINGS)
+    group = Window.partitionBy(C.ARTIST_KEY, "track", "kind")
+    ordered = group.orderBy(F.when(spelling, -count).otherwise(gap), "value")
+    ranked = _tallies(spelling_counts(plays, partitions)).select(
+        "*", F.row_number().over(ordered).alias("rank"),
+        (2 * F.sum(PLAYS).over(ordered.rowsBetween(Window.unboundedPreceding,
+                                                   Window.currentRow))).alias("twice_upto"),
+        F.sum(PLAYS).over(group).alias("n"))
+    twice_upto, n = F.col("twice_upto"), F.col("n")
+    first = [F.max(F.when((kind == k) & (F.col("rank") == 1), F.col("value"))).alias(c)
+             for k, c in enumerate(SPELLINGS)]
+    lower = F.min(F.when(~spelling & (twice_upto >= n), gap))
+    upper = F.min(F.when(~spelling & (twice_upto > n), gap))
+    per_key = ranked.groupBy(C.ARTIST_KEY, "track").agg(
+        F.sum(F.when(kind == 0, count)).alias(C.PLAY_COUNT),
+        F.coalesce(F.sum(F.when(kind == len(SPELLINGS), count)), F.lit(0)).alias(C.GAP_COUNT),
+        *first, ((lower + upper) / 2.0).alias("median"))
+    artist_median = F.max(F.when(F.col("track").isNull(), F.col("median"))).over(
+        Window.partitionBy(C.ARTIST_KEY))
+    return (per_key.select("*", artist_median.alias(C.ARTIST_GAP_MEDIAN_S))
+            .where(F.col("track").isNotNull())
+            .withColumnsRenamed({"track": C.TRACK_KEY, "median": C.GAP_MEDIAN_S})
+            .select(*C.UNIQUE_TRACKS_COLUMNS))
+
+
+def shuffle_partitions(spark: SparkSession) -> int:
+    """The session's number of shuffle partitions."""
+    return int(spark.conf.get("spark.sql.shuffle.partitions"))
 
 
 def spark_unique_tracks(plays_path: Path, rejects_dir: Path, spark_master: str | None
@@ -222,11 +341,7 @@ def spark_unique_tracks(plays_path: Path, rejects_dir: Path, spark_master: str |
     """Stage tracks on Spark: the unique-tracks table (collected) and the line accounting."""
     spark = spark_session(spark_master)
     plays, counts = read_plays_spark(spark, plays_path, rejects_dir)
-    try:
-        table = unique_tracks_frame(plays).toArrow()
-    finally:
-        plays.unpersist()
-    return table, counts
+    return unique_tracks_frame(plays, shuffle_partitions(spark)).toArrow(), counts
 
 
 def _play_years(stamp: Column, reg_year: Column, reg_key: Column) -> Column:
@@ -261,50 +376,53 @@ def play_line(joined: DataFrame) -> Column:
 
 def join_plays(spark: SparkSession, plays: DataFrame, people: pa.Table, metadata: pa.Table
                ) -> DataFrame:
-    """Plays joined with the driver-built profile and metadata lookups (left joins)."""
+    """Plays joined with the driver-built profile and metadata lookups (left joins).
+
+    Both lookups are broadcast: the plays are then joined where they are read, instead of
+    being shuffled by track key only to be shuffled again by user for writing.
+    """
     from pyspark.sql import functions as F
 
     people_df = spark.createDataFrame(people).withColumn("has_profile", F.lit(True))
     metadata_df = spark.createDataFrame(metadata)
     return (with_keys(plays)
-            .join(metadata_df, [C.ARTIST_KEY, C.TRACK_KEY], "left")
+            .join(F.broadcast(metadata_df), [C.ARTIST_KEY, C.TRACK_KEY], "left")
             .join(F.broadcast(people_df), C.USER_ID, "left"))
 
 
-def join_counts_spark(joined: DataFrame) -> dict[str, int]:
-    """Rows, users, and what found no profile or metadata (denormalize.join_counts' twin)."""
+def observe_join_counts(joined: DataFrame) -> tuple[DataFrame, Observation]:
+    """The joined plays, counting rows and what found no profile or metadata as they pass."""
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    no_profile = F.col("has_profile").isNull()
-    row = joined.agg(
-        F.count(F.lit(1)).alias("rows_out"),
-        F.count_distinct(C.USER_ID).alias("users"),
-        F.count_distinct(F.when(no_profile, F.col(C.USER_ID))).alias("users_without_profile"),
-        F.count_if(no_profile).alias("plays_without_profile"),
-        F.count_if(F.col(DURATION_TEXT).isNull()).alias("plays_without_metadata"),
-    ).first()
-    return {k: int(v) for k, v in row.asDict().items()}
+    observation = Observation("join_counts")
+    observed = joined.observe(
+        observation, F.count(F.lit(1)).alias("rows_out"),
+        F.count_if(F.col("has_profile").isNull()).alias("plays_without_profile"),
+        F.count_if(F.col(DURATION_TEXT).isNull()).alias("plays_without_metadata"))
+    return observed, observation
 
 
-def write_user_texts(joined: DataFrame, out_dir: Path, partitions: int) -> int:
-    """Write one text file per user (header, then plays in order) into out_dir; users written.
+def write_user_texts(joined: DataFrame, out_dir: Path) -> list[str]:
+    """Write one text file per user (header, then plays in order) into out_dir; the users.
 
-    Spark writes user_id=X/part-*.txt into a staging folder beside out_dir (a user id could
-    be any folder name inside it), which needs out_dir on a filesystem the executors see.
+    The header is put before each user's first play: the plays are shuffled by user once,
+    sorted, and written in that order. Spark writes user_id=X/part-*.txt into a staging
+    folder beside out_dir (a user id could be any folder name inside it), which needs out_dir
+    on a filesystem the executors see.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    header = header_line(C.USER_DIR_COLUMNS).decode("utf-8").rstrip("\n")
-    data = joined.select(C.USER_ID, F.lit(1).alias("kind"), TS_S, LINE,
-                         play_line(joined).alias("value"))
-    headers = joined.select(C.USER_ID).distinct().select(
-        C.USER_ID, F.lit(0).alias("kind"), F.lit(None).cast("long").alias(TS_S),
-        F.lit(None).cast("long").alias(LINE), F.lit(header).alias("value"))
+    header = header_line(C.USER_DIR_COLUMNS).decode("utf-8")
+    lines = joined.select(C.USER_ID, TS_S, LINE, play_line(joined).alias("value"))
+    order = Window.partitionBy(C.USER_ID).orderBy(TS_S, F.col(LINE).desc())
+    first = F.row_number().over(order) == 1
+    value = F.when(first, F.concat(F.lit(header), F.col("value"))).otherwise(F.col("value"))
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.spark-", dir=out_dir.parent))
     try:
-        (data.unionByName(headers)
-         .repartition(partitions, C.USER_ID)
-         .sortWithinPartitions(C.USER_ID, "kind", TS_S, F.col(LINE).desc())
+        (lines.select(C.USER_ID, TS_S, LINE, value.alias("value"))
+         .sortWithinPartitions(C.USER_ID, TS_S, F.col(LINE).desc())
          .select(C.USER_ID, "value")
          .write.mode("overwrite").partitionBy(C.USER_ID).option("lineSep", "\n")
          .text(str(staging)))
@@ -313,10 +431,10 @@ def write_user_texts(joined: DataFrame, out_dir: Path, partitions: int) -> int:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def move_user_files(staging: Path, out_dir: Path) -> int:
-    """Move staging/user_id=X/part-*.txt to out_dir/X/part-00000.csv; the number of users."""
+def move_user_files(staging: Path, out_dir: Path) -> list[str]:
+    """Move staging/user_id=X/part-*.txt to out_dir/X/part-00000.csv; the users moved."""
     prefix = f"{C.USER_ID}="
-    moved = 0
+    moved = []
     for folder in staging.iterdir():
         if not folder.name.startswith(prefix):
             continue
@@ -326,7 +444,7 @@ def move_user_files(staging: Path, out_dir: Path) -> int:
         target = out_dir / folder.name.removeprefix(prefix)
         target.mkdir()
         os.replace(parts[0], target / USER_FILE)
-        moved += 1
+        moved.append(target.name)
     return moved
 
 
@@ -336,13 +454,10 @@ def spark_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
     """Stage denormalize on Spark: write every user's file into out_dir; the manifest counts."""
     spark = spark_session(spark_master)
     plays, counts = read_plays_spark(spark, plays_path, rejects_dir)
-    try:
-        joined = join_plays(spark, plays, people, metadata)
-        counts |= join_counts_spark(joined)
-        written = write_user_texts(joined, out_dir,
-                                   int(spark.conf.get("spark.sql.shuffle.partitions")))
-    finally:
-        plays.unpersist()
-    if written != counts["users"]:
-        raise AssertionError(f"Spark wrote {written} user files for {counts['users']} users")
-    return counts
+    joined, observation = observe_join_counts(join_plays(spark, plays, people, metadata))
+    users = write_user_texts(joined, out_dir)
+    # A user without a profile is one whose id the profile lookup does not hold.
+    known = set(people[C.USER_ID].to_pylist())
+    counts |= {k: int(v) for k, v in observation.get.items()}
+    return counts | {"users": len(users),
+                     "users_without_profile": sum(u not in known for u in users)}
