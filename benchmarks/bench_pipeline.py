@@ -24,14 +24,14 @@ time is quoted with min and max. WORK is scratch: its subfolders local/, spark/,
 row_loop/ are deleted before every run that writes them; logs/ keeps every child's stdout and
 stderr.
 
-Peak memory of a run is the child's maximum resident set size as `/usr/bin/time -v` reports
-it (ru_maxrss from os.wait4) when it has no descendants. When it has (the Spark JVM, Spark's
-Python workers, which ru_maxrss does not count), it is the sum of the peaks of the child and of
-each descendant: their VmHWM (the kernel's high-water mark of each process) is read from /proc
-every 0.2 s while the child runs, the last reading before a process exits being its peak (the
-JSON lists descendants' peaks per command name); ru_maxrss stays a floor. The sum of
-per-process peaks can overstate the tree's peak: members may peak at different times, and
-forked Python workers share pages. Ratios are of median wall times.
+Peak memory of a run is the sum of the peaks of the child and of each descendant (the Spark
+JVM and Spark's Python workers, which the child's ru_maxrss does not count): their VmHWM (the
+kernel's high-water mark of each process) is read from /proc every 0.2 s while the child runs,
+the last reading before a process exits being its peak (the JSON lists descendants' peaks per
+command name). The child's ru_maxrss from os.wait4 (what `/usr/bin/time -v` reports) is not
+used when a reading exists: Linux carries the spawning process's own peak across exec into it.
+The sum of per-process peaks can overstate the tree's peak: members may peak at different
+times, and forked Python workers share pages. Ratios are of median wall times.
 
 Targets (for full size: 19.2M plays, on 2 cores): raw -> summary_dir <= 180 s and <= 8 GB
 peak; summarize <= 1.5 x DuckDB; >= 50 x faster than the row loop; Spark local[2] <= 3 x the
@@ -254,16 +254,13 @@ def run_child(command: Sequence[str], log: Path, env: dict[str, str]) -> Run:
 
 
 def tree_peak(maxrss: int, tree: DescendantPeaks) -> int:
-    """Peak bytes of a child and its descendants.
+    """Peak bytes of a child and its descendants: the sum of their sampled high-water marks.
 
-    With no descendant, the child's ru_maxrss (exact). Otherwise its sampled own peak plus its
-    descendants' peaks: ru_maxrss alone would miss a descendant that outlives the child's
-    wait (the JVM), and adding it would count twice one the child reaped (ru_maxrss covers
-    those). ru_maxrss stays a floor, for a last-moment peak between two readings.
+    The child's own mark comes from /proc, not ru_maxrss: Linux carries the spawning process's
+    peak across exec into ru_maxrss, so a child of a large process would inherit its size.
+    ru_maxrss is only the fallback for a child that exited before the first reading.
     """
-    if not tree.peaks:
-        return maxrss
-    return max(maxrss, tree.own + sum(tree.peaks.values()))
+    return (tree.own or maxrss) + sum(tree.peaks.values())
 
 
 def last_json_line(path: Path) -> dict[str, Any]:

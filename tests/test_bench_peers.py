@@ -4,6 +4,7 @@ fair), and the benchmark counts the memory of a step's whole process tree."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -181,3 +182,18 @@ def test_peak_memory_counts_the_whole_process_tree_once(tmp_path: Path) -> None:
     assert 200 * MIB <= run.own_peak_bytes < 300 * MIB
     assert sum(run.descendants.values()) >= 300 * MIB
     assert run.seconds >= 3
+
+
+def test_a_small_child_of_a_large_parent_is_charged_its_own_size(tmp_path: Path) -> None:
+    """Linux keeps the spawner's peak in the child's ru_maxrss: the figure must not use it."""
+    parent = (
+        "import sys; from pathlib import Path; import bench_pipeline\n"
+        "ballast = b'z' * (700 * 2**20)\n"
+        "run = bench_pipeline.run_child([sys.executable, '-c', 'import time; time.sleep(1)'],"
+        " Path(sys.argv[1]), env={})\n"
+        "print(run.peak_bytes)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", parent, str(tmp_path / "logs" / "small")],
+                          cwd=PROJECT_ROOT / "benchmarks", capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert int(done.stdout) < 100 * MIB
