@@ -157,13 +157,27 @@ def child_pids(pid: int) -> list[int]:
     return kids
 
 
+def command_line(pid: int) -> bytes:
+    """The raw command line of a process, b'' once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def descendant_pids(pid: int) -> list[int]:
-    """Every live descendant of a process."""
-    found, queue = [], child_pids(pid)
+    """Every live descendant of a process that runs a program of its own.
+
+    A child that has not exec'd yet (a stage starting `git`, a worker PySpark's daemon forks)
+    still shows its parent's memory and high-water mark: counting it would count the parent
+    twice, so it is skipped while its command line is its parent's.
+    """
+    found, queue = [], [(kid, pid) for kid in child_pids(pid)]
     while queue:
-        kid = queue.pop()
-        found.append(kid)
-        queue += child_pids(kid)
+        kid, parent = queue.pop()
+        if command_line(kid) != command_line(parent):
+            found.append(kid)
+        queue += [(grandchild, kid) for grandchild in child_pids(kid)]
     return found
 
 

@@ -197,3 +197,14 @@ def test_a_small_child_of_a_large_parent_is_charged_its_own_size(tmp_path: Path)
                           cwd=PROJECT_ROOT / "benchmarks", capture_output=True, text=True,
                           timeout=120, check=True)
     assert int(done.stdout) < 100 * MIB
+
+
+def test_a_forked_copy_that_never_execs_is_not_counted_twice(tmp_path: Path) -> None:
+    """A fork shows its parent's pages until it execs: the tree is still one 300 MiB process."""
+    child = ("import os, time; a = b'y' * (300 * 2**20); pid = os.fork()\n"
+             "if pid == 0:\n    time.sleep(2); os._exit(0)\n"
+             "os.waitpid(pid, 0)\n")
+    run = bench_pipeline.run_child([sys.executable, "-c", child], tmp_path / "logs" / "fork",
+                                   env={})
+    assert 300 * MIB <= run.peak_bytes < 400 * MIB
+    assert run.descendants == {}
