@@ -136,23 +136,6 @@ def writing(target: Path, *temps: Path) -> Iterator[None]:
         raise OutputWriteError(f"{target}: cannot write: {describe_os_error(exc)}") from exc
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
-    path = Path(path)
-    tmp = _temp_path(path, "tmp")
-    with writing(path, tmp):
-        remove_stale_temps(path)
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "w", **open_kwargs: Any) -> Iterator[Any]:
     """Open a temp file beside `path`; rename it onto `path` only if the block succeeds."""
@@ -169,6 +152,13 @@ def atomic_file(path: Path, mode: str = "w", **open_kwargs: Any) -> Iterator[Any
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON through a temp file beside `path`, fsynced, then renamed over `path`."""
+    with atomic_file(Path(path), encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
 
 
 @contextlib.contextmanager
