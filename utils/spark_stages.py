@@ -152,15 +152,14 @@ def classify_lines(lines: DataFrame) -> DataFrame:
                          *[F.col("fields").getItem(j).alias(n) for j, n in enumerate(names)])
     user, stamp, artist, track = F.col("f0"), F.col("f1"), F.col("f3"), F.col("f5")
     stamp_ok, seconds, calendar_ok = _timestamp_checks(stamp)
-    plain = (value.rlike(PLAIN_LINE) & F.is_valid_utf8(value) & ~user.isin(".", "..")
-             & calendar_ok)
+    plain = value.rlike(PLAIN_LINE) & F.is_valid_utf8(value) & calendar_ok
     code = (
         F.when(plain, rr.OK)
         .when(value == "", rr.EMPTY_LINE)
         .when(F.instr(value, "\r") > 0, rr.CARRIAGE_RETURN)
         .when(F.col("n_fields") != len(C.PLAYS_COLUMNS), rr.FIELD_COUNT)
         .when(~F.is_valid_utf8(value), rr.INVALID_UTF8)
-        .when(~user.rlike(SPARK_USER_ID_PATTERN) | user.isin(".", ".."), rr.BAD_USER_ID)
+        .when(~user.rlike(SPARK_USER_ID_PATTERN), rr.BAD_USER_ID)
         .when(~stamp_ok, rr.BAD_TIMESTAMP)
         .when(F.octet_length(artist) == 0, rr.EMPTY_ARTIST)
         .when(F.octet_length(track) == 0, rr.EMPTY_TRACK)
