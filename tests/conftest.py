@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the real reference data beside the project."""
+"""Shared fixtures: paths to the real reference data kept in `tests/data/`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import API_KEY_ENV, API_URL_ENV, PROJECT_ROOT
+from utils.config import API_KEY_ENV, API_URL_ENV
 
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
-SAMPLE_DIR = SHARED_DATA / "lastfm-1k-sample"
-API_RESPONSES_DIR = SHARED_DATA / "lastfm-api-responses"
+REFERENCE_DATA = Path(__file__).resolve().parent / "data"
+SAMPLE_DIR = REFERENCE_DATA / "lastfm-1k-sample"
+API_RESPONSES_DIR = REFERENCE_DATA / "lastfm-api-responses"
 
 
 @pytest.fixture(scope="session")
