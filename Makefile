@@ -6,9 +6,13 @@ STAMP := $(VENV)/.installed
 SCALE ?= demo
 SEED ?= 1
 ENGINE ?= local
+PORT ?= 8888
+ARGS ?=
+# Jupyter refuses to start as root (common in containers) unless told it may.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-all lint notebook clean strip
+.PHONY: help run test test-all lint notebook report clean strip
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,8 +37,11 @@ test-all: $(STAMP) ## run every test, slow fuzz/fault/scale tiers included
 lint: $(STAMP) ## ruff over the package, tests and benchmarks
 	$(BIN)/ruff check utils tests benchmarks
 
-notebook: $(STAMP) ## open JupyterLab on the project kernel
-	$(BIN)/jupyter lab
+notebook: $(STAMP) ## JupyterLab on the project kernel (PORT=8888, ARGS="--no-browser ...")
+	$(BIN)/jupyter lab --port=$(PORT) --MultiKernelManager.default_kernel_name=sessionlen $(ROOT_FLAG) $(ARGS)
+
+report: $(STAMP) ## rebuild work/$(SCALE)/results/report.md from its experiments.csv
+	$(BIN)/sessionlen report --work work/$(SCALE)
 
 strip: $(STAMP) ## strip outputs from every committed notebook
 	$(BIN)/python -m utils.notebook_tools strip data_processing baseline models_with_clusters

@@ -59,6 +59,20 @@ def test_naive_baselines_use_train_only(splits: dict[str, pd.DataFrame],
     assert ORACLE not in out
 
 
+def test_running_baselines_use_every_earlier_session(splits: dict[str, pd.DataFrame],
+                                                      user_ids: pd.DataFrame) -> None:
+    validate = summary_rows([(1, 3, 350, 800.0, 900.0)])
+    out = baseline_predictions({**splits, "validate": validate}, None, user_ids)
+    # user 1 before 400: 100, 300, 800 (train) and 900 (validate); user 2: 1000, 2000;
+    # user 3's first session has no history (global train median 800), then 50
+    assert out["user_mean_running"].tolist() == [525.0, 1500.0, 800.0, 50.0]
+    assert out["user_median_running"].tolist() == [550.0, 1500.0, 800.0, 50.0]
+    on_validate = baseline_predictions({**splits, "validate": validate}, None, user_ids,
+                                       predict="validate")
+    assert on_validate["user_mean_running"].tolist() == [400.0]
+    assert on_validate["user_median_running"].tolist() == [300.0]
+
+
 def write_truth(folder: Path, rows: list[tuple[str, int, float, float]]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["user_id", "start_ms", "length_s", "median_length_s"]).to_csv(

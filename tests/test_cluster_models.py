@@ -64,9 +64,11 @@ def _run(params: ClusterParams, tmp_path: Path) -> cm.ClusterExperiment:
     splits = _splits(LEVELS)
     features = build_feature_set(splits, sequence_length=3, peer_groups=0)
     base = experiment.Experiment(tmp_path, features, splits)
-    groups = cm.row_clusters(features.sessions[C.USER_ID].to_numpy(), LABELS)
-    trained = cm.trainable_clusters(LABELS, groups, features.rows, params.min_cluster_users)
-    return cm.ClusterExperiment(base, params, "lightgbm", LABELS, groups, trained,
+    labels = LABELS.copy()
+    labels.attrs = {"clusters": 3, "chosen_by": "given"}
+    groups = cm.row_clusters(features.sessions[C.USER_ID].to_numpy(), labels)
+    trained = cm.trainable_clusters(labels, groups, features.rows, params.min_cluster_users)
+    return cm.ClusterExperiment(base, params, "lightgbm", labels, groups, trained,
                                 pd.DataFrame())
 
 
@@ -74,11 +76,13 @@ def _baselines(run: cm.ClusterExperiment) -> None:
     """Add the naive baselines without a ground truth (no user id mapping needed)."""
     from utils.baselines import BASELINES, naive_predictions
 
-    test = run.features.role_frame("test")
-    predicted = naive_predictions(run.base.splits["train"], test)
-    for name in BASELINES:
-        run.base.results.append(experiment.ModelResult(name, "baseline", {},
-                                                       predicted[name].to_numpy(np.float64)))
+    train = run.base.splits["train"]
+    validate = naive_predictions(train, run.features.role_frame("validate"))
+    test = naive_predictions(train, run.features.role_frame("test"))
+    for name in BASELINES[:4]:
+        run.base.results.append(experiment.ModelResult(
+            name, "baseline", {}, validate[name].to_numpy(np.float64),
+            test[name].to_numpy(np.float64)))
 
 
 @settings(max_examples=60, deadline=None)
@@ -122,9 +126,15 @@ def test_per_cluster_models_score_every_test_row_and_fall_back(tmp_path):
     run = _run(ClusterParams(clusters=3, min_cluster_users=3), tmp_path)
     assert run.trained == [0, 1]  # cluster 2 has 2 users < min_cluster_users
     _baselines(run)
-    global_pred = cm.train_global(run, FAST_BOOSTING, ModelParams(), log=lambda _: None)
-    cluster_pred = cm.train_per_cluster(run, global_pred, FAST_BOOSTING, ModelParams(),
-                                        log=lambda _: None)
+    global_model = cm.train_global(run, FAST_BOOSTING, ModelParams(), log=lambda _: None)
+    cluster_model = cm.train_per_cluster(run, global_model, FAST_BOOSTING, ModelParams(),
+                                         log=lambda _: None)
+    global_pred, cluster_pred = global_model.predictions_s, cluster_model.predictions_s
+    val_users = run.features.role_frame("validate")[C.USER_ID].to_numpy()
+    assert len(cluster_model.val_predictions_s) == len(val_users) == 16 * 4
+    np.testing.assert_array_equal(
+        cluster_model.val_predictions_s[np.isin(val_users, [12, 13, 14, 15])],
+        global_model.val_predictions_s[np.isin(val_users, [12, 13, 14, 15])])
     test_users = run.features.role_frame("test")[C.USER_ID].to_numpy()
     assert len(cluster_pred) == len(global_pred) == len(test_users) == 16 * 8
     assert np.isfinite(cluster_pred).all() and (cluster_pred >= 0).all()
@@ -141,16 +151,19 @@ def test_per_cluster_models_score_every_test_row_and_fall_back(tmp_path):
     assert per_cluster.loc["all", "test_sessions"] == len(test_users)
     assert per_cluster.loc[["0", "1", "2", "unclustered"], "test_sessions"].sum() == len(test_users)
     assert per_cluster.loc["2", "cluster_vs_global"] == pytest.approx(1.0)
-    verdict = cm.acceptance(table, "lightgbm")
-    assert verdict["cluster_at_most_global"] == (verdict["cluster_mae_s"]
-                                                 <= verdict["global_mae_s"])
+    compared = cm.cluster_comparisons(run, table).set_index(["model", "versus"])
+    versus = compared.loc[("cluster_lightgbm", "global_lightgbm")]
+    mae = table.set_index("label")["mae_s"]
+    assert versus["diff_mae_s"] == pytest.approx(mae["cluster_lightgbm"] - mae["global_lightgbm"])
+    assert versus["diff_ci_low"] <= versus["diff_mae_s"] <= versus["diff_ci_high"]
+    assert compared.index.is_unique
 
     # The manifest describes the stage's inputs: the summaries and the profiles.
     layout = WorkLayout(tmp_path)
     layout.summary_dir.mkdir(parents=True)
     layout.final_dir.mkdir(parents=True)
     LABELS.rename_axis(C.USER_ID).to_csv(layout.user_profile_cluster)
-    cm.record_cluster_results(run, table)
+    cm.record_cluster_results(run, table, compared.reset_index())
     recorded = load_experiments(tmp_path)
     assert set(recorded["stage"]) == {"clusters"}
     assert {"global_lightgbm", "cluster_lightgbm", "user_mean"} <= set(recorded["model"])
@@ -166,10 +179,11 @@ def test_standardized_and_raw_runs_are_scored_on_the_same_rows(tmp_path):
     for standardize in (True, False):
         run = _run(ClusterParams(clusters=3, min_cluster_users=3, standardize=standardize),
                    tmp_path / str(standardize))
-        global_pred = cm.train_global(run, FAST_BOOSTING, ModelParams(), log=lambda _: None)
+        global_model = cm.train_global(run, FAST_BOOSTING, ModelParams(), log=lambda _: None)
         scored[standardize] = (run.base.actual_s,
-                               cm.train_per_cluster(run, global_pred, FAST_BOOSTING,
-                                                    ModelParams(), log=lambda _: None))
+                               cm.train_per_cluster(run, global_model, FAST_BOOSTING,
+                                                    ModelParams(), log=lambda _: None
+                                                    ).predictions_s)
     np.testing.assert_array_equal(scored[True][0], scored[False][0])
     # L1 trees are equivariant to an affine change of the target: the same medians come back.
     np.testing.assert_allclose(scored[True][1], scored[False][1], rtol=0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from utils import cluster_plots
 from utils import columns as C
@@ -27,6 +29,7 @@ from utils.clustering import (
     elbow_table,
     feasible_k,
     feature_matrix,
+    fit_labels,
     get_baseline_mae,
     knee_index,
     resolve_columns,
@@ -139,7 +142,7 @@ def test_more_clusters_than_eligible_users_is_a_clear_error() -> None:
         cluster_users(profiles, ClusterParams(clusters=4))
     with pytest.raises(SessionlenError, match="clusters=1"):
         cluster_users(profiles, ClusterParams(clusters=1))
-    with pytest.raises(SessionlenError, match="exceeds the 0 eligible users"):
+    with pytest.raises(SessionlenError, match="no eligible user profiles"):
         cluster_users(profiles.iloc[:0], ClusterParams(clusters=2))
     small = cluster_users(profiles, ClusterParams(clusters=2, use_spectral_clustering=True))
     assert sorted(small.unique()) == [0, 1]
@@ -245,9 +248,10 @@ def test_plots_are_written(tmp_path: Path) -> None:
 
 def synthetic_work(root: Path, scale: str) -> tuple[Path, Path]:
     """(raw, WORK) of a generated dataset run through every stage up to the profiles."""
+    from utils.config import get_scale
     from utils.crawl import build_track_metadata
     from utils.denormalize import denormalize
-    from utils.profiles import build_user_profiles, threshold_params
+    from utils.profiles import build_user_profiles
     from utils.session_data import build_session_data
     from utils.summaries import summarize
     from utils.synthetic import generate_dataset
@@ -262,7 +266,8 @@ def synthetic_work(root: Path, scale: str) -> tuple[Path, Path]:
     summarize(work, SessionParams())
     build_vocab(work)
     build_session_data(work)
-    build_user_profiles(work, threshold_params(ClusterParams(), "scaled", scale, raw))
+    size = get_scale(scale)
+    build_user_profiles(work, ClusterParams(min_rows=size.min_rows, min_sessions=size.min_sessions))
     return raw, work
 
 
@@ -298,3 +303,29 @@ def test_demo_clusters_recover_the_planted_archetypes(tmp_path: Path) -> None:
                                 load_user_ids(work))
     assert table["planted_archetypes"].tolist() == [4, 4]
     assert table["adjusted_rand"].max() >= 0.8
+
+
+def test_spectral_clustering_of_separate_groups_is_connected_and_exact():
+    rng = np.random.default_rng(3)
+    groups = [rng.normal(center, 0.05, size=(30, 2)) for center in (0.0, 10.0, 20.0)]
+    features = np.vstack(groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Graph is not fully connected" would be raised here
+        labels = fit_labels(features, 3, spectral=True, seed=1)
+    truth = np.repeat([0, 1, 2], 30)
+    assert adjusted_rand_score(truth, labels) == pytest.approx(1.0)
+
+
+def test_the_number_of_clusters_is_chosen_on_the_profiles_when_not_given():
+    rng = np.random.default_rng(5)
+    centers = [(0.0, 0.0), (8.0, 0.0), (0.0, 8.0)]
+    values = np.vstack([rng.normal(c, 0.3, size=(20, 2)) for c in centers])
+    profiles = pd.DataFrame({C.USER_ID: np.arange(60), "average_session_length": values[:, 0],
+                             "median_session_length": values[:, 1]})
+    params = ClusterParams(cluster_columns=["average_session_length", "median_session_length"])
+    labels = cluster_users(profiles, params)
+    assert labels.attrs == {"clusters": 3, "chosen_by": "silhouette"}
+    assert adjusted_rand_score(np.repeat([0, 1, 2], 20), labels.to_numpy()) == pytest.approx(1.0)
+    given = cluster_users(profiles, ClusterParams(clusters=2,
+                                                  cluster_columns=params.cluster_columns))
+    assert given.attrs == {"clusters": 2, "chosen_by": "given"}

@@ -22,7 +22,7 @@ from utils.models import (
     networks_to_train,
     predict_seconds,
 )
-from utils.results import load_experiments
+from utils.results import load_comparisons, load_experiments
 from utils.stage_io import write_manifest
 from utils.summaries import COUNTRY_VOCAB_FILE, SOURCE_ID, SUMMARY_OUTPUTS, USER_IDS_FILE
 
@@ -195,9 +195,10 @@ def test_figures_are_written_as_png(tmp_path, features):
     actual = features.lengths_s[features.rows["test"]]
     rng = np.random.default_rng(0)
     predictions = {"a": actual * rng.lognormal(0, 0.3, len(actual)), "b": np.full_like(actual, 900)}
+    mae = np.array([float(np.abs(p - actual).mean()) for p in predictions.values()] + [100.0])
     table = pd.DataFrame({"label": ["a", "b", "oracle"], "kind": ["network", "baseline", "oracle"],
-                          "mae_s": [float(np.abs(p - actual).mean()) for p in predictions.values()]
-                          + [100.0]})
+                          "mae_s": mae, "mae_ci_low": mae - 20, "mae_ci_high": mae + 30,
+                          "selected": [True, False, False]})
     buckets = plots.error_by_bucket(actual, predictions)
     assert buckets["sessions"].sum() == len(actual)
     assert buckets.loc[buckets["sessions"] > 0, "b"].notna().all()
@@ -212,6 +213,11 @@ def test_figures_are_written_as_png(tmp_path, features):
         path = plots.save_figure(fig, tmp_path / f"{name}.png")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert figures["mae"].axes[0].get_legend().get_texts()[0].get_text() == "oracle 100 s"
+    ticks = [t.get_text() for t in figures["mae"].axes[0].get_yticklabels()]
+    assert sorted(ticks) == ["a (selected)", "b"]
+    bars = [line for line in figures["mae"].axes[0].collections if len(line.get_segments())]
+    spans = sorted(round(float(np.ptp(seg[:, 0]))) for c in bars for seg in c.get_segments())
+    assert spans == [50, 50]  # each interval drawn from its low to its high end
 
 
 def write_work(root: Path, frame: pd.DataFrame) -> tuple[Path, Path]:
@@ -249,12 +255,18 @@ def test_experiment_scores_every_model_on_the_same_rows_and_records_them(tmp_pat
     assert len(trained) == 6 and (trained["epochs_run"] == 1).all()
     experiment.train_lightgbm(run, BoostingSettings(max_rounds=50), log=lambda _: None)
     table = experiment.results_table(run)
-    assert experiment.record_results(run, table) == WorkLayout(work).experiments
+    compared = experiment.comparisons(run, table)
+    assert experiment.record_results(run, table, compared) == WorkLayout(work).experiments
 
     recorded = load_experiments(work)
     assert recorded["model"].value_counts().to_dict() == {
         "gru": 2, "lstm": 2, "layered_lstm": 2, "lightgbm": 1, "global_median": 1,
-        "user_mean": 1, "user_median": 1, "previous_session": 1, "oracle": 1}
+        "user_mean": 1, "user_median": 1, "previous_session": 1, "user_mean_running": 1,
+        "user_median_running": 1, "oracle": 1}
+    assert recorded["val_mae_s"].notna().all() and recorded["selected"].sum() == 1
+    assert recorded["reference"].nunique() == 1
+    assert (recorded["mae_ci_low"] <= recorded["mae_s"]).all()
+    assert len(load_comparisons(work)) == len(compared) == 7  # 6 other models + reference
     assert (recorded["stage"] == "baseline").all() and (recorded["n_test"] == 24 * 8).all()
     dropouts = sorted(json.loads(p)["dropout"] for p in recorded.loc[recorded["model"] == "gru",
                                                                     "params"])
@@ -265,8 +277,12 @@ def test_experiment_scores_every_model_on_the_same_rows_and_records_them(tmp_pat
     oracle = frame.loc[frame[C.SESSION_ID] >= 32, "true_median_s"].to_numpy()
     assert table.set_index("label").loc["oracle", "mae_s"] == pytest.approx(
         np.abs(actual - oracle).mean())
-    assert table.set_index("label").loc["oracle", "headroom_captured"] == pytest.approx(1.0)
-    assert table.set_index("label").loc["user_median", "headroom_captured"] == pytest.approx(0.0)
+    by_label = table.set_index("label")
+    assert by_label.loc["oracle", "headroom_captured"] == pytest.approx(1.0)
+    reference = by_label["reference"].iloc[0]
+    assert by_label.loc[reference, "headroom_captured"] == pytest.approx(0.0)
+    params = json.loads(by_label.loc["oracle", "params"])
+    assert params == {"test_sessions": 24 * 8, "exact_matches": 24 * 8}
 
     figures = experiment.draw_figures(run, table)
     for name in figures:

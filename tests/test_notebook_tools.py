@@ -10,9 +10,10 @@ import pytest
 from utils import notebook_tools
 
 
-def _write(path: Path, cells: list) -> Path:
+def _write(path: Path, cells: list, kernel: dict | None = None) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = cells
+    nb.metadata["kernelspec"] = kernel or notebook_tools.KERNELSPEC
     nbformat.write(nb, path)
     return path
 
@@ -42,6 +43,15 @@ def test_clean_notebook_has_no_problems(tmp_path: Path) -> None:
 def test_rule_breaks_are_reported(tmp_path: Path, cells: list, problem: str) -> None:
     path = _write(tmp_path / "bad.ipynb", [nbformat.v4.new_markdown_cell("# t"), *cells])
     assert any(problem in p for p in notebook_tools.notebook_problems(path))
+
+
+def test_a_notebook_on_another_kernel_is_reported_and_strip_mends_it(tmp_path: Path) -> None:
+    python3 = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    path = _write(tmp_path / "k.ipynb", [nbformat.v4.new_markdown_cell("# t"), _params("a = 1")],
+                  kernel=python3)
+    assert any("kernelspec 'python3'" in p for p in notebook_tools.notebook_problems(path))
+    assert notebook_tools.strip_outputs(path) is True
+    assert notebook_tools.notebook_problems(path) == []
 
 
 def test_strip_removes_outputs(tmp_path: Path) -> None:

@@ -58,3 +58,30 @@ def test_results_table_has_baselines_and_models(tiny_run: runner.RunPaths) -> No
             "lightgbm", "gru", "lstm", "layered_lstm"} <= models
     assert (results["mae_s"] > 0).all()
     assert results["n_test"].nunique() == 1, "every model must be scored on the same test rows"
+
+
+@pytest.mark.notebooks
+def test_executed_notebooks_write_nothing_to_stderr(tiny_run: runner.RunPaths) -> None:
+    import nbformat
+
+    written = {}
+    for path in sorted(tiny_run.notebooks.rglob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        text = "".join(o.get("text", "") for c in cells if c.cell_type == "code"
+                       for o in c.outputs if o.get("name") == "stderr")
+        if text:
+            written[path.name] = text[:300]
+    assert written == {}
+
+
+@pytest.mark.notebooks
+def test_results_follow_the_validation_protocol(tiny_run: runner.RunPaths) -> None:
+    results = pd.read_csv(tiny_run.experiments)
+    assert {"user_mean_running", "user_median_running"} <= set(results["model"])
+    for stage, rows in results.groupby("stage"):
+        assert rows["selected"].sum() == 1, stage
+        assert rows["val_mae_s"].notna().all() and rows["reference"].nunique() == 1
+        for name in ("mae", "headroom", "diff_vs_reference"):
+            assert rows[f"{name}_ci_low"].notna().all(), (stage, name)
+    report = tiny_run.report.read_text(encoding="utf-8")
+    assert "selected on validation" in report and "## Comparisons" in report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from test_session_data import HOUR_MS, T0, make_work, session_plays
 
 from utils import columns as C
-from utils.config import ClusterParams, WorkLayout
+from utils.config import SCALES, ClusterParams, WorkLayout
 from utils.errors import SessionlenError, StageIncompleteError
 from utils.profiles import (
     EXCLUDED_FILE,
@@ -20,7 +21,6 @@ from utils.profiles import (
     eligibility_summary,
     load_excluded,
     load_profiles,
-    threshold_params,
 )
 from utils.session_data import build_session_data, read_final_split
 from utils.stage_io import MANIFEST
@@ -143,22 +143,10 @@ def test_bad_thresholds_and_missing_stage(tmp_path: Path, work: Path) -> None:
         build_user_profiles(tmp_path / "empty", LOOSE)
 
 
-def test_threshold_scaling_only_for_synthetic_data(tmp_path: Path) -> None:
-    params = ClusterParams()
-    real = tmp_path / "real"
-    real.mkdir()
-    synthetic = tmp_path / "synthetic"
-    (synthetic / "ground_truth").mkdir(parents=True)
-    (synthetic / "ground_truth" / "users.csv").write_text("user_id,archetype\n")
-    scaled = threshold_params(params, "scaled", "tiny", synthetic)
-    assert (scaled.min_rows, scaled.min_sessions) == (25, 2)
-    assert scaled.max_average_length == params.max_average_length
-    assert threshold_params(params, "scaled", "tiny", real) == params
-    assert threshold_params(params, "original", "tiny", synthetic) == params
-    assert threshold_params(params, "scaled", "full", synthetic) == params
-    with pytest.raises(SessionlenError, match="thresholds mode"):
-        threshold_params(params, "loose", "tiny", synthetic)
-
+def test_scales_shrink_thresholds_with_their_histories() -> None:
+    for scale in SCALES.values():
+        assert scale.min_rows == math.ceil(ClusterParams().min_rows * scale.plays_factor)
+        assert scale.min_sessions == math.ceil(ClusterParams().min_sessions * scale.plays_factor)
 
 def test_failed_rewrite_leaves_the_stage_incomplete(work: Path) -> None:
     build_user_profiles(work, LOOSE)

@@ -10,23 +10,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.columns import EXPERIMENT_COLUMNS
+from utils.columns import COMPARISON_COLUMNS, EXPERIMENT_COLUMNS
 from utils.errors import SessionlenError
 from utils.results import (
+    append_comparisons,
     append_experiments,
-    evaluation_rows,
-    experiment_row,
+    load_comparisons,
     load_experiments,
     new_run_id,
 )
+
+# The columns of the first experiments.csv, before validation and intervals were recorded.
+FIRST_COLUMNS = ["run_id", "finished_at", "stage", "model", "params", "n_test", "mae_s",
+                 "rmse_s", "baseline_mae_s", "normalized_mae", "train_seconds"]
 
 
 def row(model: str = "gru", **overrides: object) -> dict[str, object]:
     base = {
         "run_id": "r1", "finished_at": "2024-01-01T00:00:00Z", "stage": "baseline",
-        "model": model, "params": {"b": 2, "a": 1}, "n_test": 10, "mae_s": 100.5,
-        "rmse_s": 200.25, "baseline_mae_s": 120.0, "normalized_mae": 100.5 / 120.0,
-        "train_seconds": 3.0,
+        "model": model, "params": {"b": 2, "a": 1}, "n_test": 10, "val_mae_s": 98.0,
+        "mae_s": 100.5, "mae_ci_low": 90.0, "mae_ci_high": 110.0, "rmse_s": 200.25,
+        "baseline_mae_s": 120.0, "normalized_mae": 100.5 / 120.0,
+        "normalized_mae_ci_low": 0.8, "normalized_mae_ci_high": 0.9, "reference": "user_median",
+        "headroom_captured": float("nan"), "headroom_ci_low": float("nan"),
+        "headroom_ci_high": float("nan"), "diff_vs_reference_s": -5.0,
+        "diff_vs_reference_ci_low": -9.0, "diff_vs_reference_ci_high": -1.0,
+        "selected": False, "train_seconds": 3.0,
     }
     return {**base, **overrides}
 
@@ -99,34 +108,32 @@ def test_load_without_file_is_empty(tmp_path: Path) -> None:
     assert table.empty and table.columns.tolist() == EXPERIMENT_COLUMNS
 
 
-def test_evaluation_rows_score_every_baseline(tmp_path: Path) -> None:
-    actual = np.array([100.0, 200.0, 400.0])
-    predictions = pd.DataFrame({
-        "user_id": [1, 1, 2], "global_median": [200.0] * 3, "user_mean": [150.0, 150.0, 300.0],
-        "user_median": [100.0, 100.0, 400.0], "previous_session": [0.0, 100.0, 200.0],
-        "oracle": [100.0, 200.0, 390.0],
-    })
-    rows = evaluation_rows(actual, predictions, "baseline", run_id="run-7")
-    by_model = {r["model"]: r for r in rows}
-    assert list(by_model) == ["global_median", "user_mean", "user_median", "previous_session",
-                              "oracle"]
-    assert by_model["user_mean"]["mae_s"] == pytest.approx((50 + 50 + 100) / 3)
-    assert by_model["user_mean"]["normalized_mae"] == pytest.approx(1.0)
-    assert by_model["oracle"]["normalized_mae"] == pytest.approx((10 / 3) / (200 / 3))
-    assert all(r["run_id"] == "run-7" and r["n_test"] == 3 for r in rows)
-    assert {r["finished_at"] for r in rows} == {rows[0]["finished_at"]}
-    append_experiments(tmp_path, rows)
-    assert len(load_experiments(tmp_path)) == 5
-    with pytest.raises(SessionlenError, match="user_mean"):
-        evaluation_rows(actual, predictions.drop(columns="user_mean"), "baseline")
+def test_a_file_from_before_the_new_columns_is_carried_over(tmp_path: Path) -> None:
+    path = tmp_path / "results" / "experiments.csv"
+    path.parent.mkdir()
+    path.write_text(",".join(FIRST_COLUMNS) + "\n"
+                    + 'r0,2023-01-01T00:00:00Z,baseline,gru,"{""a"": 1}",10,99.5,150,120,0.83,2\n')
+    append_experiments(tmp_path, [row("new", selected=True)])
+    table = load_experiments(tmp_path)
+    assert path.read_text().splitlines()[0] == ",".join(EXPERIMENT_COLUMNS)
+    assert table["model"].tolist() == ["gru", "new"]
+    assert table.loc[0, "mae_s"] == 99.5 and pd.isna(table.loc[0, "val_mae_s"])
+    assert table.loc[1, "selected"] and table.loc[1, "reference"] == "user_median"
 
 
-def test_experiment_row_and_run_ids() -> None:
-    made = experiment_row(run_id="r", stage="clusters", model="gru",
-                          actual_s=np.array([1.0, 3.0]), predicted_s=np.array([1.0, 1.0]),
-                          baseline_s=np.array([2.0, 2.0]), params={"y": 1, "x": 0},
-                          train_seconds=2.5)
-    assert list(made) == EXPERIMENT_COLUMNS
-    assert made["mae_s"] == 1.0 and made["baseline_mae_s"] == 1.0
-    assert made["normalized_mae"] == 1.0 and made["params"] == '{"x": 0, "y": 1}'
+def test_comparisons_are_appended_and_checked(tmp_path: Path) -> None:
+    compared = pd.DataFrame([{"run_id": "r1", "stage": "clusters", "model": "cluster_lightgbm",
+                              "versus": "global_lightgbm", "diff_mae_s": -3.5,
+                              "diff_ci_low": -9.0, "diff_ci_high": 2.0,
+                              "verdict": "not distinguishable"}])
+    append_comparisons(tmp_path, compared)
+    append_comparisons(tmp_path, compared.assign(run_id="r2"))
+    table = load_comparisons(tmp_path)
+    assert table.columns.tolist() == COMPARISON_COLUMNS
+    assert table["run_id"].tolist() == ["r1", "r2"]
+    with pytest.raises(SessionlenError, match="stage 'final'"):
+        append_comparisons(tmp_path, compared.assign(stage="final"))
+
+
+def test_run_ids_differ() -> None:
     assert new_run_id() != new_run_id()

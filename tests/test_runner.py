@@ -67,3 +67,31 @@ def test_stage_notebooks_are_in_design_order(tmp_path: Path) -> None:
 def test_explicit_raw_dir_must_hold_the_plays_file(tmp_path: Path) -> None:
     with pytest.raises(SessionlenError, match="no userid-timestamp"):
         runner.prepare_raw("tiny", tmp_path)
+
+
+@pytest.mark.notebooks
+def test_each_notebook_line_is_streamed_as_it_is_printed(tmp_path: Path, raw_dir: Path,
+                                                         capfd: pytest.CaptureFixture) -> None:
+    # The second line is printed after a pause: it must still arrive, whole and prefixed.
+    body = ("import sys, time\nprint('epoch 1/2', flush=True)\ntime.sleep(0.5)\n"
+            "print('epoch 2/2', end='', flush=True)\nprint(' done')\n"
+            "print('careful', file=sys.stderr)")
+    notebook = _notebook(tmp_path / "1_train.ipynb", "seed = 1", body)
+    runner.run_pipeline(raw=raw_dir, work=tmp_path / "work", scale="tiny", notebooks=[notebook])
+    out, err = capfd.readouterr()
+    prefix = f"[{tmp_path.name}/1_train]"
+    assert f"{prefix} epoch 1/2\n{prefix} epoch 2/2 done\n" in out
+    assert f"{prefix} careful\n" in err
+
+
+def test_prefixed_lines_complete_lines_and_keep_a_bar_s_last_state() -> None:
+    import io
+
+    target = io.StringIO()
+    stream = runner.PrefixedLines("[nb]", target)
+    stream.write("a")
+    stream.write("b\nc 10%\rc 50%\rc 100%\n")
+    stream.write("tail")
+    assert target.getvalue() == "[nb] ab\n[nb] c 100%\n"
+    stream.close()
+    assert target.getvalue().endswith("[nb] tail\n")

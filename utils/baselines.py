@@ -1,4 +1,9 @@
-"""Naive baselines (and the synthetic oracle) predicted for the test rows, fit on train only."""
+"""Naive baselines (and the synthetic oracle) predicted for the validation or test rows.
+
+Two families: frozen baselines are fit on the train split only (the original's user_mean is the
+normalizer of normalized_mae); running baselines use every EARLIER session of the user, from any
+split, which is exactly the information a model may use at session start.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from utils.errors import SessionlenError
 from utils.stage_io import require_file
 from utils.summaries import SOURCE_ID, USER_IDS_COLUMNS
 
-BASELINES = ("global_median", "user_mean", "user_median", "previous_session")
+RUNNING_BASELINES = ("user_mean_running", "user_median_running")
+BASELINES = ("global_median", "user_mean", "user_median", "previous_session", *RUNNING_BASELINES)
 ORACLE = "oracle"
 KEY_COLUMNS = [USER_ID, TIMESTAMP, SESSION_ID]
 GT_SESSIONS_FILE = "sessions.csv"
@@ -27,19 +33,19 @@ GT_START = "start_ms"
 GT_MEDIAN = "median_length_s"
 
 
-def _train_lengths(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The train rows' (user_id, length), failing if there are none."""
-    for name in ("train", "test"):
+def _train_lengths(splits: dict[str, pd.DataFrame], train: str, predict: str) -> pd.DataFrame:
+    """The train rows' (user_id, length), failing if a split is missing or train is empty."""
+    for name in (train, predict):
         if name not in splits:
             raise SessionlenError(f"the summaries have no {name!r} split")
-    train = splits["train"][[USER_ID, CURRENT_SESSION_LENGTH]]
-    if train.empty:
+    lengths = splits[train][[USER_ID, CURRENT_SESSION_LENGTH]]
+    if lengths.empty:
         raise SessionlenError("the train split has no sessions: baselines cannot be fit")
-    return train
+    return lengths
 
 
 def naive_predictions(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    """The four naive baselines for each test row (row order kept), fit on `train` only.
+    """The frozen baselines for each `test` row (row order kept), fit on `train` only.
 
     Users without train sessions get the global train mean (user_mean) and the global train
     median (user_median); a user's first session has no previous one and gets the global median.
@@ -58,6 +64,28 @@ def naive_predictions(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
     cold = stats["mean"].isna().to_numpy()
     out.attrs["cold_start_rows"] = int(cold.sum())
     out.attrs["cold_start_users"] = int(pd.unique(test[USER_ID].to_numpy()[cold]).size)
+    return out
+
+
+def running_predictions(splits: dict[str, pd.DataFrame], fallback: float) -> pd.DataFrame:
+    """The mean and median length of each session's EARLIER sessions of the same user.
+
+    Every split is history (a test session follows the user's train and validation sessions).
+    One row per session, keyed by KEY_COLUMNS; a user's first session gets `fallback`.
+    """
+    history = pd.concat([frame[[*KEY_COLUMNS, CURRENT_SESSION_LENGTH]] for frame in
+                         splits.values()], ignore_index=True)
+    history = history.sort_values(KEY_COLUMNS, kind="stable", ignore_index=True)
+    lengths = history[CURRENT_SESSION_LENGTH].astype(np.float64)
+    grouped = lengths.groupby(history[USER_ID], sort=False)
+    earlier = grouped.cumcount().to_numpy()
+    running_sum = grouped.cumsum().to_numpy() - lengths.to_numpy()
+    median_upto = grouped.expanding().median().reset_index(level=0, drop=True).sort_index()
+    median_before = median_upto.groupby(history[USER_ID], sort=False).shift(1)
+    out = history[KEY_COLUMNS].copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["user_mean_running"] = np.where(earlier > 0, running_sum / earlier, fallback)
+    out["user_median_running"] = median_before.fillna(fallback).to_numpy()
     return out
 
 
@@ -105,17 +133,21 @@ def oracle_predictions(test: pd.DataFrame, truth: pd.DataFrame, user_ids: pd.Dat
 
 
 def baseline_predictions(splits: dict[str, pd.DataFrame], ground_truth_dir: Path | None,
-                         user_ids: pd.DataFrame) -> pd.DataFrame:
-    """Every baseline's prediction (seconds) for each test row, in test row order.
+                         user_ids: pd.DataFrame, train: str = "train", predict: str = "test"
+                         ) -> pd.DataFrame:
+    """Every baseline's prediction (seconds) for each row of the `predict` split, in its order.
 
     Columns: user_id, timestamp, session_id (the row keys), then one column per baseline, plus
     `oracle` when `ground_truth_dir` is given. `attrs` counts the cold-start users and rows and
     the oracle's exact matches.
     """
-    train = _train_lengths(splits)
-    test = splits["test"]
-    out = naive_predictions(train, test)
+    lengths = _train_lengths(splits, train, predict)
+    target = splits[predict]
+    frozen = naive_predictions(lengths, target)
+    running = running_predictions(splits, float(lengths[CURRENT_SESSION_LENGTH].median()))
+    out = frozen.merge(running, on=KEY_COLUMNS, how="left", validate="one_to_one")
+    out.attrs = dict(frozen.attrs)
     if ground_truth_dir is not None:
         truth = read_ground_truth_sessions(Path(ground_truth_dir))
-        out[ORACLE], out.attrs["oracle_exact_rows"] = oracle_predictions(test, truth, user_ids)
+        out[ORACLE], out.attrs["oracle_exact_rows"] = oracle_predictions(target, truth, user_ids)
     return out

@@ -105,14 +105,10 @@ def cmd_session_data(args: argparse.Namespace) -> None:
 
 
 def cmd_profiles(args: argparse.Namespace) -> None:
-    from utils.profiles import build_user_profiles, threshold_params
+    from utils.profiles import build_user_profiles
 
     params = config.ClusterParams(min_rows=args.min_rows, min_sessions=args.min_sessions,
                                   max_average_length=args.max_average_length)
-    if args.thresholds == "scaled":
-        if args.raw is None:
-            raise SessionlenError("--thresholds scaled needs --raw (to tell synthetic data)")
-        params = threshold_params(params, "scaled", args.scale, args.raw)
     print(build_user_profiles(args.work, params))
 
 
@@ -121,6 +117,12 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     run_pipeline(raw=args.raw, work=args.work, scale=args.scale, engine=args.engine,
                  seed=args.seed)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from utils.report import write_report
+
+    print(write_report(args.work, args.raw))
 
 
 def cmd_fake_api(args: argparse.Namespace) -> None:
@@ -199,10 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-rows", type=int, default=500)
     p.add_argument("--min-sessions", type=int, default=30)
     p.add_argument("--max-average-length", type=_positive_float, default=20000.0)
-    p.add_argument("--thresholds", choices=["original", "scaled"], default="original",
-                   help="scaled: shrink min rows/sessions to a shortened synthetic history")
-    p.add_argument("--scale", choices=list(config.SCALES), default="demo")
-    p.add_argument("--raw", type=Path, default=None)
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("run", help="execute every notebook in order (papermill)")
@@ -213,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     p.add_argument("--engine", choices=["local", "spark"], default="local")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="rebuild WORK/results/report.md from experiments.csv")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--raw", type=Path, default=None,
+                   help="the raw data the results come from (named in the report)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("fake-api", help="serve track.getInfo from a catalog on loopback")
     p.add_argument("--catalog", type=Path, required=True, help="ground_truth/tracks.csv")

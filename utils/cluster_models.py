@@ -43,7 +43,7 @@ from utils.config import ClusterParams, ModelParams, WorkLayout
 from utils.errors import SessionlenError
 from utils.features import FeatureSet, TargetScaler, tabular_features
 from utils.profiles import load_profiles
-from utils.results import append_experiments, utc_now
+from utils.results import append_comparisons, append_experiments, utc_now
 from utils.stage_io import write_manifest
 from utils.summaries import load_user_ids
 
@@ -193,7 +193,7 @@ class ClusterExperiment:
 
 def start_cluster_experiment(work: str | Path, raw: str | Path | None, params: ClusterParams,
                              model: str = "lightgbm", sequence_length: int = 10,
-                             peer_groups: int = 4) -> ClusterExperiment:
+                             peer_groups: int | None = None) -> ClusterExperiment:
     """Cluster the eligible users, build the shared features and decide which clusters train."""
     check_model_options(params, model)
     profiles = load_profiles(work)
@@ -242,58 +242,66 @@ def _fit_group(run: ClusterExperiment, target: np.ndarray, rows: dict[str, np.nd
 def _model_params(run: ClusterExperiment, settings: BoostingSettings, net: ModelParams
                   ) -> dict[str, Any]:
     """The trained model's own hyperparameters, for its results row."""
+    chosen = experiment.feature_params(run.features)
     if run.model == "lightgbm":
-        return settings.to_dict()
-    return experiment.network_params(net, net.dropout[0])
+        return {**settings.to_dict(), **chosen}
+    return {**experiment.network_params(net, net.dropout[0]), **chosen}
+
+
+def _role_split(run: ClusterExperiment, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values for the validation rows followed by the test rows, split back into the two."""
+    n_val = len(run.features.rows["validate"])
+    return values[:n_val], values[n_val:]
 
 
 def train_global(run: ClusterExperiment, settings: BoostingSettings, net: ModelParams,
-                 log: Callable[[str], None] = print) -> np.ndarray:
-    """The global model: every train session, scored on every test row (seconds)."""
+                 log: Callable[[str], None] = print) -> experiment.ModelResult:
+    """The global model: every train session, scored on every validation and test row."""
     features, rows = run.features, run.features.rows
     groups = np.full(len(features.lengths_s), GLOBAL)
     scalers = fit_scalers(features.lengths_s, groups, rows["train"], [], pd.Series(dtype=int),
                           run.params)
     target = standardize(features.lengths_s, groups, scalers)
+    scored = np.r_[rows["validate"], rows["test"]]
     started = time.perf_counter()
-    predicted = unstandardize(_fit_group(run, target, rows, rows["test"], settings, net, log),
-                              groups[rows["test"]], scalers)
+    predicted = unstandardize(_fit_group(run, target, rows, scored, settings, net, log),
+                              groups[scored], scalers)
     seconds = time.perf_counter() - started
     log(f"global {run.model}: {seconds:.1f} s")
-    run.base.results.append(experiment.ModelResult(
+    result = experiment.ModelResult(
         f"global_{run.model}", _kind(run.model),
         {**_model_params(run, settings, net), "standardize": run.params.standardize},
-        predicted, seconds))
-    return predicted
+        *_role_split(run, predicted), seconds)
+    run.base.results.append(result)
+    return result
 
 
-def train_per_cluster(run: ClusterExperiment, global_predictions: np.ndarray,
+def train_per_cluster(run: ClusterExperiment, global_model: experiment.ModelResult,
                       settings: BoostingSettings, net: ModelParams,
-                      log: Callable[[str], None] = print) -> np.ndarray:
+                      log: Callable[[str], None] = print) -> experiment.ModelResult:
     """One model per trainable cluster; the global model's predictions for every other row."""
     features, rows = run.features, run.features.rows
     serving = run.serving_groups()
     scalers = fit_scalers(features.lengths_s, serving, rows["train"], run.trained,
                           run.labels.value_counts(), run.params)
     target = standardize(features.lengths_s, serving, scalers)
-    test_groups = serving[rows["test"]]
-    standardized = np.full(len(test_groups), np.nan)
+    scored = np.r_[rows["validate"], rows["test"]]
+    scored_groups = serving[scored]
+    predicted = np.r_[global_model.val_predictions_s, global_model.predictions_s]
     started = time.perf_counter()
     for cluster in run.trained:
         own = {role: r[serving[r] == cluster] for role, r in rows.items()}
-        standardized[test_groups == cluster] = _fit_group(
-            run, target, own, own["test"], settings, net, log)
+        mine = scored_groups == cluster
+        standardized = _fit_group(run, target, own, scored[mine], settings, net, log)
+        predicted[mine] = unstandardize(standardized, scored_groups[mine], scalers)
         log(f"cluster {cluster}: {len(own['train'])} train, {len(own['test'])} test sessions")
     seconds = time.perf_counter() - started
-    predicted = global_predictions.copy()
-    in_cluster = test_groups != GLOBAL
-    predicted[in_cluster] = unstandardize(standardized[in_cluster], test_groups[in_cluster],
-                                          scalers)
-    run.base.results.append(experiment.ModelResult(
+    result = experiment.ModelResult(
         f"cluster_{run.model}", _kind(run.model),
         {**_model_params(run, settings, net), **cluster_settings(run, scalers)},
-        predicted, seconds))
-    return predicted
+        *_role_split(run, predicted), seconds)
+    run.base.results.append(result)
+    return result
 
 
 def _kind(model: str) -> str:
@@ -306,7 +314,8 @@ def cluster_settings(run: ClusterExperiment, scalers: dict[int, TargetScaler]) -
     own_scaler = [c for c in run.trained if p.standardize and scalers[c] is not scalers[GLOBAL]]
     settings = {
         "clustering": "spectral" if p.use_spectral_clustering else "kmeans",
-        "clusters": p.clusters, "cluster_columns": resolve_columns(p.cluster_columns),
+        "clusters": run.labels.attrs["clusters"], "clusters_chosen_by": run.labels.attrs[
+            "chosen_by"], "cluster_columns": resolve_columns(p.cluster_columns),
         "standardize": p.standardize, "mix_std": p.mix_std,
         "mix_std_threshold": p.mix_std_threshold, "min_cluster_users": p.min_cluster_users,
         "clusters_trained": run.trained, "clusters_with_own_scaler": own_scaler,
@@ -341,10 +350,13 @@ def per_cluster_table(run: ClusterExperiment) -> pd.DataFrame:
     return table
 
 
-def record_cluster_results(run: ClusterExperiment, table: pd.DataFrame) -> Path:
-    """Append every row (stage clusters) to experiments.csv and record the stage manifest."""
+def record_cluster_results(run: ClusterExperiment, table: pd.DataFrame, compared: pd.DataFrame
+                           ) -> Path:
+    """Append every row (stage clusters) to experiments.csv, the comparisons to
+    comparisons.csv, and record the stage manifest."""
     rows = table.assign(run_id=run.base.run_id, finished_at=utc_now(), stage=STAGE)
     path = append_experiments(run.base.work, rows[C.EXPERIMENT_COLUMNS])
+    append_comparisons(run.base.work, compared.assign(run_id=run.base.run_id, stage=STAGE))
     layout = WorkLayout(run.base.work)
     n_test = int(table["n_test"].iloc[0])
     write_manifest(
@@ -383,7 +395,7 @@ def draw_cluster_figures(run: ClusterExperiment, table: pd.DataFrame,
     figures = {"mae_per_model": plots.plot_mae_per_model(table),
                "mae_per_cluster": plot_mae_per_cluster(per_cluster)}
     for name, fig in figures.items():
-        plots.save_figure(fig, figures_dir / f"{STAGE}_{name}.png")
+        plots.save_figure(fig, figures_dir / f"{STAGE}_{name}.png", run.base.run_id)
     return figures
 
 
@@ -392,12 +404,10 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     return experiment.headline(table)
 
 
-def acceptance(table: pd.DataFrame, model: str) -> dict[str, Any]:
-    """Whether the per-cluster model's MAE on all test rows is at most the global model's."""
-    mae = table.set_index("label")["mae_s"]
-    cluster, global_ = mae[f"cluster_{model}"], mae[f"global_{model}"]
-    normalizer = float(mae[experiment.NORMALIZER])
-    return {"cluster_mae_s": float(cluster), "global_mae_s": float(global_),
-            "cluster_normalized_mae": float(cluster) / normalizer,
-            "global_normalized_mae": float(global_) / normalizer,
-            "cluster_at_most_global": bool(cluster <= global_)}
+def cluster_comparisons(run: ClusterExperiment, table: pd.DataFrame) -> pd.DataFrame:
+    """The selected model against the others and the reference, and per-cluster against global:
+    paired test-MAE differences with intervals (see `experiment.comparisons`)."""
+    general = experiment.comparisons(run.base, table)
+    versus = experiment.comparisons(run.base, table,
+                                    [(f"cluster_{run.model}", f"global_{run.model}")])
+    return pd.concat([versus, general], ignore_index=True).drop_duplicates(["model", "versus"])

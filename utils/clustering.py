@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.metrics import adjusted_rand_score, silhouette_samples
+from sklearn.neighbors import kneighbors_graph
 from sklearn.preprocessing import StandardScaler
 
 from utils import columns as C
 from utils.baselines import naive_predictions
 from utils.config import ClusterParams
 from utils.errors import SessionlenError
-from utils.profiles import GROUND_TRUTH_USERS
 from utils.stage_io import require_file
 from utils.summaries import SOURCE_ID
 
@@ -30,7 +30,11 @@ CLUSTER = "cluster"
 ARCHETYPE = "archetype"
 FEATURE_COLUMNS = [c for c in C.PROFILE_CLUSTER_COLUMNS if c != C.USER_ID]
 KMEANS_INITS = 10
+GROUND_TRUTH_USERS = Path("ground_truth") / "users.csv"
 MAX_NEIGHBORS = 10
+# Upper end of the k that `choose_clusters` compares.
+MAX_CHOSEN_CLUSTERS = 8
+FAINT_LINK = 1e-4
 UNCLUSTERED = "unclustered"
 ALL = "all"
 
@@ -82,9 +86,17 @@ def check_k(k: int, n_users: int) -> None:
             f"lower clusters or loosen the eligibility thresholds")
 
 
-def neighbors_for(n_users: int) -> int:
-    """Neighbours of the spectral affinity graph: 10, or fewer when there are few users."""
-    return max(1, min(MAX_NEIGHBORS, n_users - 1))
+def spectral_affinity(features: np.ndarray) -> np.ndarray:
+    """The symmetrized nearest-neighbour graph of the users, joined by a faint uniform link.
+
+    Spectral clustering embeds a graph in pieces meaninglessly across the pieces (and warns);
+    a uniform weight far below the neighbour links makes the graph connected while separate
+    groups of listeners stay in separate clusters.
+    """
+    n_users = len(features)
+    graph = kneighbors_graph(features, max(1, min(MAX_NEIGHBORS, n_users - 1)),
+                             include_self=True).toarray()
+    return 0.5 * (graph + graph.T) + FAINT_LINK
 
 
 def fit_labels(features: np.ndarray, k: int, spectral: bool, seed: int) -> np.ndarray:
@@ -92,10 +104,10 @@ def fit_labels(features: np.ndarray, k: int, spectral: bool, seed: int) -> np.nd
     check_k(k, len(features))
     if spectral:
         model = SpectralClustering(
-            n_clusters=k, affinity="nearest_neighbors", n_neighbors=neighbors_for(len(features)),
-            assign_labels="kmeans", n_init=KMEANS_INITS, random_state=seed)
-    else:
-        model = KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=seed)
+            n_clusters=k, affinity="precomputed", assign_labels="kmeans", n_init=KMEANS_INITS,
+            random_state=seed)
+        return model.fit_predict(spectral_affinity(features)).astype(np.int64)
+    model = KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=seed)
     return model.fit_predict(features).astype(np.int64)
 
 
@@ -109,14 +121,41 @@ def canonical_labels(labels: np.ndarray, key: np.ndarray) -> np.ndarray:
     return mapping[labels]
 
 
+def choose_clusters(features: np.ndarray, spectral: bool, seed: int,
+                    most: int = MAX_CHOSEN_CLUSTERS) -> int:
+    """The k in 2..most (below the number of users) whose clustering has the best silhouette.
+
+    The silhouette compares each user's distance to its own cluster with the nearest other
+    one, on the train profiles alone: no session to predict is looked at.
+    """
+    candidates = range(2, min(most, len(features) - 1) + 1)
+    if not candidates:
+        raise SessionlenError(
+            f"choosing the number of clusters needs at least 3 eligible users, got "
+            f"{len(features)}; loosen the eligibility thresholds or set clusters")
+    scores = [silhouette_samples(features, fit_labels(features, k, spectral, seed)).mean()
+              for k in candidates]
+    return int(candidates[int(np.argmax(scores))])
+
+
 def cluster_users(profiles: pd.DataFrame, params: ClusterParams) -> pd.Series:
-    """user_id -> cluster (0 = lowest mean of the first cluster column)."""
-    check_k(params.clusters, len(profiles))
+    """user_id -> cluster (0 = lowest mean of the first cluster column).
+
+    `params.clusters` None chooses k by silhouette (`choose_clusters`); `attrs["clusters"]`
+    holds the k used and `attrs["chosen_by"]` how it was set.
+    """
     features = feature_matrix(profiles, params.cluster_columns)
-    labels = fit_labels(features, params.clusters, params.use_spectral_clustering, params.seed)
+    k = params.clusters
+    if k is None:
+        k = choose_clusters(features, params.use_spectral_clustering, params.seed)
+    check_k(k, len(profiles))
+    labels = fit_labels(features, k, params.use_spectral_clustering, params.seed)
     labels = canonical_labels(labels, features[:, 0])
-    return pd.Series(labels, index=pd.Index(profiles[C.USER_ID].to_numpy(), name=C.USER_ID),
-                     name=CLUSTER)
+    series = pd.Series(labels, index=pd.Index(profiles[C.USER_ID].to_numpy(), name=C.USER_ID),
+                       name=CLUSTER)
+    series.attrs = {"clusters": k, "chosen_by": "silhouette" if params.clusters is None
+                    else "given"}
+    return series
 
 
 def cluster_sizes(labels: pd.Series, min_cluster_users: int) -> pd.DataFrame:
@@ -300,7 +339,8 @@ def compare_methods(profiles: pd.DataFrame, params: ClusterParams, users_csv: Pa
     for spectral in (False, True):
         labels = cluster_users(profiles, ClusterParams.from_dict(
             {**params.to_dict(), "use_spectral_clustering": spectral}))
-        rows.append({"method": "spectral" if spectral else "kmeans", "clusters": params.clusters,
+        rows.append({"method": "spectral" if spectral else "kmeans",
+                     "clusters": labels.attrs["clusters"],
                      "users": len(labels),
                      "planted_archetypes": int(archetypes.reindex(labels.index).nunique()),
                      "adjusted_rand": adjusted_rand_vs_truth(labels, users_csv, user_ids)})

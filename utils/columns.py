@@ -79,10 +79,19 @@ PROFILE_CLUSTER_COLUMNS = [
 ]
 
 # WORK/results/experiments.csv
+# Test metrics carry 95% paired bootstrap intervals over users; `reference` is the naive baseline
+# with the lowest validation MAE, and `selected` marks the model picked on validation MAE.
 EXPERIMENT_COLUMNS = [
-    "run_id", "finished_at", "stage", "model", "params", "n_test", "mae_s", "rmse_s",
-    "baseline_mae_s", "normalized_mae", "train_seconds",
+    "run_id", "finished_at", "stage", "model", "params", "n_test", "val_mae_s",
+    "mae_s", "mae_ci_low", "mae_ci_high", "rmse_s", "baseline_mae_s",
+    "normalized_mae", "normalized_mae_ci_low", "normalized_mae_ci_high", "reference",
+    "headroom_captured", "headroom_ci_low", "headroom_ci_high",
+    "diff_vs_reference_s", "diff_vs_reference_ci_low", "diff_vs_reference_ci_high",
+    "selected", "train_seconds",
 ]
+# One row per paired comparison of two models' test MAE (WORK/results/comparisons.csv).
+COMPARISON_COLUMNS = ["run_id", "stage", "model", "versus", "diff_mae_s", "diff_ci_low",
+                      "diff_ci_high", "verdict"]
 
 # ground_truth/ of a synthetic dataset
 GT_SESSIONS_COLUMNS = [USER_ID, "start_ms", "length_s", "median_length_s"]

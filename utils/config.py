@@ -31,20 +31,28 @@ USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
 
 @dataclass(frozen=True)
 class Scale:
-    """A named dataset size: how many synthetic users, and how the notebooks are tuned for it."""
+    """A named dataset size: how many synthetic users, and how the notebooks are run for it.
+
+    `min_rows` and `min_sessions` are the clustering eligibility thresholds a run at this scale
+    applies, to any data: the original's 500 plays and 30 train sessions, shrunk in proportion
+    to the shorter histories of the smaller scales.
+    """
 
     name: str
     users: int
     plays_factor: float
     epochs: int
-    clusters: int
+    min_rows: int
+    min_sessions: int
 
 
 # plays_factor scales each user's history length; `full` matches the real dataset (19.15M plays).
 SCALES: dict[str, Scale] = {
-    "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2, clusters=2),
-    "demo": Scale("demo", users=200, plays_factor=0.25, epochs=30, clusters=4),
-    "full": Scale("full", users=992, plays_factor=1.0, epochs=30, clusters=4),
+    "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2, min_rows=25, min_sessions=2),
+    "demo": Scale("demo", users=200, plays_factor=0.25, epochs=30, min_rows=125,
+                  min_sessions=8),
+    "full": Scale("full", users=992, plays_factor=1.0, epochs=30, min_rows=500,
+                  min_sessions=30),
 }
 
 
@@ -125,6 +133,10 @@ class WorkLayout:
     @property
     def experiments(self) -> Path:
         return self.results / "experiments.csv"
+
+    @property
+    def comparisons(self) -> Path:
+        return self.results / "comparisons.csv"
 
     @property
     def figures(self) -> Path:
@@ -243,9 +255,12 @@ class ModelParams(StrictParams):
 
 @dataclass(frozen=True)
 class ClusterParams(StrictParams):
-    """The models_with_clusters stage: eligibility, clustering and standardization."""
+    """The models_with_clusters stage: eligibility, clustering and standardization.
 
-    clusters: int = 4
+    `clusters` None chooses the number of clusters by silhouette on the train profiles.
+    """
+
+    clusters: int | None = None
     use_spectral_clustering: bool = False
     cluster_columns: list[str | int] = field(
         default_factory=lambda: ["average_session_length", "median_session_length",

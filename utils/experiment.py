@@ -24,7 +24,7 @@ from utils.boosting import BoostingSettings, TrainedBooster, fit_lightgbm, predi
 from utils.config import ModelParams, WorkLayout
 from utils.errors import SessionlenError
 from utils.features import FeatureSet, build_feature_set
-from utils.results import append_experiments, new_run_id, utc_now
+from utils.results import append_comparisons, append_experiments, new_run_id, utc_now
 from utils.stage_io import write_manifest
 from utils.summaries import load_summaries, load_user_ids
 
@@ -33,19 +33,22 @@ MANIFEST_STAGE = "baseline_models"
 NORMALIZER = "user_mean"
 HEADROOM_REFERENCE = "user_median"
 GROUND_TRUTH = "ground_truth"
+TRAINED_KINDS = ("network", "lightgbm")
 
 
 @dataclass
 class ModelResult:
-    """One evaluated model or baseline: its test predictions (FeatureSet test order) and cost.
+    """One evaluated model or baseline: its validation and test predictions, and its cost.
 
-    `model` is the experiments.csv name (gru for every dropout value, the dropout being in
-    `params`); `label` tells the variants apart in tables and figures.
+    Predictions are in FeatureSet role order. `model` is the experiments.csv name (gru for every
+    dropout value, the dropout being in `params`); `label` tells the variants apart in tables and
+    figures. Validation predictions are what choices are made on; test ones are only reported.
     """
 
     model: str
     kind: str
     params: dict[str, Any]
+    val_predictions_s: np.ndarray
     predictions_s: np.ndarray
     train_seconds: float = 0.0
     curves: dict[str, list[float]] | None = None
@@ -64,11 +67,23 @@ class Experiment:
     splits: dict[str, pd.DataFrame]
     results: list[ModelResult] = field(default_factory=list)
     run_id: str = field(default_factory=new_run_id)
+    seed: int = 1
+    oracle_coverage: dict[str, int] = field(default_factory=dict)
 
     @property
     def actual_s(self) -> np.ndarray:
         """Actual lengths (seconds) of the test rows."""
         return self.features.lengths_s[self.features.rows["test"]]
+
+    @property
+    def actual_val_s(self) -> np.ndarray:
+        """Actual lengths (seconds) of the validation rows."""
+        return self.features.lengths_s[self.features.rows["validate"]]
+
+    @property
+    def test_users(self) -> np.ndarray:
+        """The user of each test row: the unit the bootstrap resamples."""
+        return self.features.role_frame("test")[C.USER_ID].to_numpy()
 
     def predictions(self) -> dict[str, np.ndarray]:
         """Test predictions (seconds) by model label."""
@@ -77,7 +92,7 @@ class Experiment:
 
 def start_experiment(work: str | Path, sequence_length: int, train_file: str = "train",
                      validation_file: str = "validate", test_file: str = "test",
-                     peer_groups: int = 4, seed: int = 1) -> Experiment:
+                     peer_groups: int | None = None, seed: int = 1) -> Experiment:
     """Load WORK/summary_dir and build the features and sequences every model shares."""
     splits = load_summaries(Path(work))
     features = build_feature_set(splits, sequence_length, train_file, validation_file, test_file,
@@ -86,7 +101,7 @@ def start_experiment(work: str | Path, sequence_length: int, train_file: str = "
         if not len(features.rows[role]):
             raise SessionlenError(f"{features.split_names[role]!r} split has no sessions; "
                                   f"the experiment needs train, validation and test rows")
-    return Experiment(Path(work), features, splits)
+    return Experiment(Path(work), features, splits, seed=seed)
 
 
 def split_sizes(experiment: Experiment) -> pd.DataFrame:
@@ -99,24 +114,41 @@ def split_sizes(experiment: Experiment) -> pd.DataFrame:
     ]).set_index("role")
 
 
+def _aligned_baselines(experiment: Experiment, role: str, truth: Path | None,
+                       user_ids: pd.DataFrame) -> pd.DataFrame:
+    """Every baseline's predictions for the rows of `role`, in FeatureSet role order."""
+    names = experiment.features.split_names
+    predicted = baseline_predictions(experiment.splits, truth, user_ids, train=names["train"],
+                                     predict=names[role])
+    rows = experiment.features.role_frame(role)[KEY_COLUMNS]
+    aligned = rows.merge(predicted, on=KEY_COLUMNS, how="left", validate="one_to_one")
+    aligned.attrs = dict(predicted.attrs)
+    return aligned
+
+
 def add_baselines(experiment: Experiment, raw_dir: str | Path | None) -> pd.DataFrame:
-    """Score the naive baselines (and the oracle, if ground truth exists) on the test rows."""
+    """Score the naive baselines (and the oracle, if ground truth exists); the test predictions.
+
+    Frozen baselines are fit on the train role and running ones read all earlier sessions, for
+    the validation rows (where the reference baseline is chosen) and the test rows.
+    """
     truth = Path(raw_dir) / GROUND_TRUTH if raw_dir else None
     truth = truth if truth is not None and truth.is_dir() else None
-    names = experiment.features.split_names
-    # Baselines are fit on the train role and predict the test role, whatever the folder names.
-    roles = {"train": experiment.splits[names["train"]], "test": experiment.splits[names["test"]]}
-    predicted = baseline_predictions(roles, truth, load_user_ids(experiment.work))
-    test = experiment.features.role_frame("test")[KEY_COLUMNS]
-    aligned = test.merge(predicted, on=KEY_COLUMNS, how="left", validate="one_to_one")
+    user_ids = load_user_ids(experiment.work)
+    validate = _aligned_baselines(experiment, "validate", truth, user_ids)
+    test = _aligned_baselines(experiment, "test", truth, user_ids)
     names = [*BASELINES, *([ORACLE] if truth is not None else [])]
     for name in names:
-        if name not in aligned or aligned[name].isna().any():
-            raise SessionlenError(f"baseline {name!r} has no prediction for some test sessions")
+        for frame in (validate, test):
+            if name not in frame or frame[name].isna().any():
+                raise SessionlenError(f"baseline {name!r} has no prediction for some sessions")
         experiment.results.append(ModelResult(
             name, ORACLE if name == ORACLE else "baseline", {},
-            aligned[name].to_numpy(dtype=np.float64)))
-    return aligned
+            validate[name].to_numpy(dtype=np.float64), test[name].to_numpy(dtype=np.float64)))
+    if truth is not None:
+        experiment.oracle_coverage = {"test_sessions": len(test),
+                                      "exact_matches": int(test.attrs["oracle_exact_rows"])}
+    return test
 
 
 def network_params(params: ModelParams, dropout: float) -> dict[str, Any]:
@@ -124,6 +156,11 @@ def network_params(params: ModelParams, dropout: float) -> dict[str, Any]:
     keep = ("no_layers", "loss_func", "optimizer", "hidden_dim", "batch_size", "epochs",
             "sequence_length", "patience", "learning_rate", "seed")
     return {**{k: v for k, v in params.to_dict().items() if k in keep}, "dropout": dropout}
+
+
+def feature_params(features: FeatureSet) -> dict[str, Any]:
+    """The choices made while building the features, for a trained model's results row."""
+    return {"peer_groups": features.peer_groups}
 
 
 def train_networks(experiment: Experiment, params: ModelParams, compare_networks: bool = True,
@@ -139,7 +176,8 @@ def train_networks(experiment: Experiment, params: ModelParams, compare_networks
             trained = fit_network(name, features, params, dropout, log)
             label = f"{name} (dropout {dropout:g})"
             experiment.results.append(ModelResult(
-                name, "network", network_params(params, dropout),
+                name, "network", {**network_params(params, dropout), **feature_params(features)},
+                predict_seconds(trained.model, features, features.rows["validate"]),
                 predict_seconds(trained.model, features, features.rows["test"]),
                 trained.train_seconds, trained.history, label))
             lines.append({"model": label, "epochs_run": len(trained.history["loss"]),
@@ -153,48 +191,104 @@ def train_networks(experiment: Experiment, params: ModelParams, compare_networks
 def train_lightgbm(experiment: Experiment, settings: BoostingSettings,
                    log: Callable[[str], None] = print) -> TrainedBooster:
     """Fit LightGBM on the same train rows and features, and score it on the test rows."""
-    trained = fit_lightgbm(experiment.features, settings, log)
+    features = experiment.features
+    trained = fit_lightgbm(features, settings, log)
     experiment.results.append(ModelResult(
-        "lightgbm", "lightgbm", {**settings.to_dict(), "best_round": trained.best_round},
-        predict_lightgbm(trained, experiment.features, experiment.features.rows["test"]),
+        "lightgbm", "lightgbm",
+        {**settings.to_dict(), "best_round": trained.best_round, **feature_params(features)},
+        predict_lightgbm(trained, features, features.rows["validate"]),
+        predict_lightgbm(trained, features, features.rows["test"]),
         trained.train_seconds, trained.curves))
     return trained
 
 
-def results_table(experiment: Experiment) -> pd.DataFrame:
-    """One row per model: MAE, RMSE, normalized MAE and headroom captured, best first."""
-    actual = experiment.actual_s
-    mae = {r.label: evaluation.mae(actual, r.predictions_s) for r in experiment.results}
-    if NORMALIZER not in mae:
+def reference_baseline(val_mae: dict[str, float]) -> str:
+    """The naive baseline with the lowest validation MAE: the reference of headroom_captured."""
+    scored = {name: val_mae[name] for name in BASELINES if name in val_mae}
+    if not scored:
         raise SessionlenError("baselines must be added before the results table")
-    oracle_mae = mae.get(ORACLE)
-    rows = []
-    for r in experiment.results:
-        rows.append({
-            "label": r.label, "model": r.model, "kind": r.kind, "n_test": len(actual),
-            "mae_s": mae[r.label],
-            "rmse_s": evaluation.rmse(actual, r.predictions_s),
-            "baseline_mae_s": mae[NORMALIZER],
-            "normalized_mae": evaluation.normalized_mae(mae[r.label], mae[NORMALIZER]),
-            "headroom_captured": (np.nan if oracle_mae is None else evaluation.headroom_captured(
-                mae[r.label], mae[HEADROOM_REFERENCE], oracle_mae)),
-            "train_seconds": r.train_seconds, "params": json.dumps(r.params, sort_keys=True),
-        })
+    return min(scored, key=lambda name: (scored[name], name))
+
+
+def _oracle_params(experiment: Experiment, result: ModelResult) -> dict[str, Any]:
+    """A result's params; the oracle's also say how its test sessions met the planted ones."""
+    return {**result.params, **experiment.oracle_coverage} if result.kind == ORACLE \
+        else result.params
+
+
+def results_table(experiment: Experiment) -> pd.DataFrame:
+    """One row per model: validation MAE, then test metrics with their bootstrap intervals.
+
+    The reference baseline and the selected model are chosen on validation MAE; the test
+    columns are reported, never compared to choose. Sorted by test MAE for reading.
+    """
+    actual, actual_val = experiment.actual_s, experiment.actual_val_s
+    val_mae = {r.label: evaluation.mae(actual_val, r.val_predictions_s)
+               for r in experiment.results}
+    if NORMALIZER not in val_mae:
+        raise SessionlenError("baselines must be added before the results table")
+    reference = reference_baseline(val_mae)
+    oracle = ORACLE if ORACLE in val_mae else None
+    scores = evaluation.bootstrap_scores(actual, experiment.predictions(), experiment.test_users,
+                                         seed=experiment.seed)
+    metrics = evaluation.score_table(scores, NORMALIZER, reference, oracle)
+    selected = selected_model(experiment.results, val_mae)
+    rows = [{
+        "label": r.label, "model": r.model, "kind": r.kind, "n_test": len(actual),
+        "val_mae_s": val_mae[r.label], **metrics.loc[r.label].to_dict(),
+        "rmse_s": evaluation.rmse(actual, r.predictions_s),
+        "baseline_mae_s": float(metrics.loc[NORMALIZER, "mae_s"]), "reference": reference,
+        "selected": r.label == selected, "train_seconds": r.train_seconds,
+        "params": json.dumps(_oracle_params(experiment, r), sort_keys=True),
+    } for r in experiment.results]
     return pd.DataFrame(rows).sort_values("mae_s", ignore_index=True)
 
 
-def best_model(table: pd.DataFrame, kinds: tuple[str, ...] = ("network", "lightgbm")) -> str:
-    """The label of the trained model with the lowest test MAE among `kinds`."""
-    trained = table[table["kind"].isin(kinds)]
-    if trained.empty:
-        raise SessionlenError(f"no trained model of kind {', '.join(kinds)} in the results")
-    return str(trained.loc[trained["mae_s"].idxmin(), "label"])
+def selected_model(results: list[ModelResult], val_mae: dict[str, float],
+                   kinds: tuple[str, ...] = TRAINED_KINDS) -> str | None:
+    """The label of the trained model with the lowest validation MAE (None if none trained)."""
+    trained = [r.label for r in results if r.kind in kinds]
+    return min(trained, key=lambda label: (val_mae[label], label)) if trained else None
 
 
-def record_results(experiment: Experiment, table: pd.DataFrame) -> Path:
-    """Append every model's row to WORK/results/experiments.csv and record the stage manifest."""
+def best_model(table: pd.DataFrame) -> str:
+    """The label of the model selected on validation (see `results_table`)."""
+    chosen = table.loc[table["selected"], "label"]
+    if chosen.empty:
+        raise SessionlenError(f"no trained model of kind {', '.join(TRAINED_KINDS)} in the "
+                              f"results")
+    return str(chosen.iloc[0])
+
+
+def comparisons(experiment: Experiment, table: pd.DataFrame,
+                pairs: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Paired test-MAE differences with their bootstrap intervals, and what they allow to say.
+
+    By default the selected model against every other trained model and the reference baseline.
+    A model is called better only where the interval of the difference excludes zero.
+    """
+    if pairs is None:
+        best = best_model(table)
+        others = table.loc[table["kind"].isin(TRAINED_KINDS) & (table["label"] != best), "label"]
+        pairs = [(best, str(other)) for other in [*others, table["reference"].iloc[0]]]
+    scores = evaluation.bootstrap_scores(experiment.actual_s, experiment.predictions(),
+                                         experiment.test_users, seed=experiment.seed)
+    rows = []
+    for first, second in pairs:
+        diff, low, high = scores.difference(first, second)
+        rows.append({"model": first, "versus": second, "diff_mae_s": diff,
+                     "diff_ci_low": low, "diff_ci_high": high,
+                     "verdict": evaluation.verdict(first, second, low, high)})
+    return pd.DataFrame(rows)
+
+
+def record_results(experiment: Experiment, table: pd.DataFrame, compared: pd.DataFrame
+                   ) -> Path:
+    """Append every model's row to experiments.csv, the comparisons to comparisons.csv, and
+    record the stage manifest."""
     rows = table.assign(run_id=experiment.run_id, finished_at=utc_now(), stage=STAGE)
     path = append_experiments(experiment.work, rows[C.EXPERIMENT_COLUMNS])
+    append_comparisons(experiment.work, compared.assign(run_id=experiment.run_id, stage=STAGE))
     layout = WorkLayout(experiment.work)
     n_test = int(table["n_test"].iloc[0])
     write_manifest(
@@ -209,9 +303,9 @@ def record_results(experiment: Experiment, table: pd.DataFrame) -> Path:
 def draw_figures(experiment: Experiment, table: pd.DataFrame) -> dict[str, Figure]:
     """The comparison figures, saved under WORK/results/figures/ and returned for display."""
     figures_dir = WorkLayout(experiment.work).figures
-    best = best_model(table)
-    compared = [best, *BASELINES, *([ORACLE] if ORACLE in experiment.predictions() else [])]
-    by_model = experiment.predictions()
+    best, by_model = best_model(table), experiment.predictions()
+    compared = list(dict.fromkeys([best, table["reference"].iloc[0], NORMALIZER,
+                                   *([ORACLE] if ORACLE in by_model else [])]))
     curves = {r.label: r.curves for r in experiment.results if r.kind == "network" and r.curves}
     figures = {
         "mae_per_model": plots.plot_mae_per_model(table),
@@ -222,12 +316,14 @@ def draw_figures(experiment: Experiment, table: pd.DataFrame) -> dict[str, Figur
         "learning_curves": plots.plot_learning_curves(curves),
     }
     for name, fig in figures.items():
-        plots.save_figure(fig, figures_dir / f"{STAGE}_{name}.png")
+        plots.save_figure(fig, figures_dir / f"{STAGE}_{name}.png", experiment.run_id)
     return figures
 
 
 def headline(table: pd.DataFrame) -> pd.DataFrame:
-    """The results table as the notebook shows it: the metrics that decide, best first."""
-    shown = ["label", "kind", "mae_s", "rmse_s", "normalized_mae", "headroom_captured",
-             "train_seconds"]
+    """The results table as the notebook shows it: validation MAE (what picks), then the test
+    metrics with their 95% intervals, best test MAE first."""
+    shown = ["label", "kind", "selected", "val_mae_s", "mae_s", "mae_ci_low", "mae_ci_high",
+             "normalized_mae", "headroom_captured", "headroom_ci_low", "headroom_ci_high",
+             "diff_vs_reference_s", "train_seconds"]
     return table[shown].set_index("label").round(4)

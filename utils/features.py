@@ -7,8 +7,8 @@ targets are only ever taken from the split a row belongs to. Scalers, vocabulari
 are fit on the training rows alone.
 
 The user's identity enters through their history (statistics, habits, peer group), never as an
-id: those exist for a user never seen in training too, and a user-id embedding memorizes train
-sessions (on the demo data it cut the GRU's headroom_captured from 0.81 to 0.68).
+id: those exist for a user never seen in training too and keep changing as the user does, while
+an id embedding is fit to the train sessions only and cannot follow the user past them.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ CONTEXT_FEATURES = [
     "ewm_fast_log", "ewm_slow_log", "recent_mean_log", "recent_median_log",
     "lag1_log", "lag2_log", "lag3_log", "lag1_minus_mean",
     "age_known", "age_years", "account_known", "account_age_years",
+    "own_hour_block_dev", "own_day_type_dev", "own_gap_bucket_dev",
 ]
 # Features of each earlier session in the sequence a network reads. `present` is always 1 for a
 # real session, so a padded step (all zeros) is never mistaken for one.
@@ -58,9 +59,16 @@ PEER_DESCRIPTORS = ["hist_median_log", "hist_mean_log", "hist_q25_log", "hist_q7
 # History sizes (sessions) at which a user's own level counts half in the shrunk deviations.
 PEER_SHRINK_SESSIONS = (30, 100)
 RECENT_WINDOW = 5
+# Upper end of the peer-group numbers BIC chooses among.
+MAX_PEER_GROUPS = 8
 EWM_FAST_ALPHA = 0.3
 EWM_SLOW_ALPHA = 0.05
 REFERENCE_HOUR = 12.0
+# Context histories: blocks of hours, gap buckets (log1p seconds: 3 h, 12 h, 2 days, a week) and
+# how many sessions' worth of the user's overall level a context's own mean is shrunk toward.
+HOUR_BLOCK = 3
+GAP_BUCKET_EDGES = np.log1p([3 * 3600.0, 12 * 3600.0, 2 * 86400.0, 7 * 86400.0])
+CONTEXT_PRIOR_SESSIONS = 10.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,7 @@ class FeatureSet:
     target_scaler: TargetScaler
     split_names: dict[str, str]
     context_names: list[str]
+    peer_groups: int = 0
 
     @property
     def lengths_s(self) -> np.ndarray:
@@ -231,6 +240,49 @@ def _time_features(timestamp_ms: pd.Series, users: pd.Series) -> pd.DataFrame:
     }, index=timestamp_ms.index)
 
 
+def _utc_hours(timestamp_ms: pd.Series) -> np.ndarray:
+    """The UTC hour of each start: a user's own clock up to the user's fixed time zone."""
+    return (timestamp_ms.to_numpy(dtype=np.int64) // 3_600_000) % 24
+
+
+def shrunk_context_deviation(log_len: pd.Series, users: pd.Series, context: np.ndarray,
+                             prior_sessions: float) -> pd.Series:
+    """How the user's EARLIER sessions in the same context differ from all their earlier ones.
+
+    The mean log-length of the user's earlier sessions in this session's context, shrunk toward
+    the user's overall earlier mean by `prior_sessions` pseudo-sessions, minus that mean: zero
+    without evidence, the user's own context effect once there are many such sessions. The
+    context is any integer label (a block of hours, a weekday type, a gap bucket), so the effect
+    can take any shape and differ for every listener.
+    """
+    key = users.to_numpy(dtype=np.int64) * 64 + np.asarray(context, dtype=np.int64)
+    grouped = log_len.groupby(key, sort=False)
+    before_sum = grouped.cumsum() - log_len
+    before_count = grouped.cumcount().astype(np.float64)
+    overall = _mean_before(log_len, users)
+    shrunk = (before_sum + prior_sessions * overall) / (before_count + prior_sessions)
+    return shrunk - overall
+
+
+def context_history(log_len: pd.Series, users: pd.Series, utc_hour: np.ndarray,
+                    is_weekend: pd.Series, log_gap: pd.Series) -> pd.DataFrame:
+    """Each listener's own effects of the hour, the day type and the gap since the last session.
+
+    Listeners differ in when they listen long and in how a break changes their next session;
+    these deviations let a model learn that from each listener's history (see
+    `shrunk_context_deviation`) instead of from a fixed shape shared by everyone.
+    """
+    gap_bucket = np.digitize(np.nan_to_num(log_gap.to_numpy(), nan=-1.0), GAP_BUCKET_EDGES)
+    return pd.DataFrame({
+        "own_hour_block_dev": shrunk_context_deviation(
+            log_len, users, utc_hour // HOUR_BLOCK, CONTEXT_PRIOR_SESSIONS),
+        "own_day_type_dev": shrunk_context_deviation(
+            log_len, users, is_weekend.to_numpy(), CONTEXT_PRIOR_SESSIONS),
+        "own_gap_bucket_dev": shrunk_context_deviation(
+            log_len, users, gap_bucket, CONTEXT_PRIOR_SESSIONS),
+    }, index=log_len.index)
+
+
 def add_session_features(sessions: pd.DataFrame) -> pd.DataFrame:
     """Add every start-time feature to a (user, time)-sorted session frame (raw, unscaled)."""
     users = sessions[C.USER_ID]
@@ -272,7 +324,9 @@ def add_session_features(sessions: pd.DataFrame) -> pd.DataFrame:
         "log_sessions_per_day": np.log((count + 1.0) / (days_active + 1.0)),
         "weekend_share": _mean_before(times["is_weekend"], users),
     })
-    return pd.concat([sessions, times, previous, habits, stats, extra], axis=1)
+    context = context_history(log_len, users, _utc_hours(sessions[C.TIMESTAMP]),
+                              times["is_weekend"], extra["log_gap_since_end"])
+    return pd.concat([sessions, times, previous, habits, stats, extra, context], axis=1)
 
 
 def _role_rows(sessions: pd.DataFrame, split_names: dict[str, str]) -> dict[str, np.ndarray]:
@@ -359,22 +413,42 @@ class PeerGroups:
         return probs
 
 
-def fit_peer_groups(sessions: pd.DataFrame, train_rows: np.ndarray, groups: int, seed: int
-                    ) -> PeerGroups | None:
-    """Fit `groups` peer groups on each train user's habits as of their last train session.
+def _ordered_mixture(values: np.ndarray, groups: int, seed: int) -> GaussianMixture:
+    """A seeded diagonal Gaussian mixture of `groups` components over standardized rows."""
+    return GaussianMixture(groups, covariance_type="diag", n_init=5, reg_covar=1e-4,
+                           random_state=seed).fit(values)
 
+
+def choose_peer_groups(values: np.ndarray, seed: int, most: int = MAX_PEER_GROUPS) -> int:
+    """The number of groups (1..most, two users per group at least) with the lowest BIC.
+
+    BIC weighs the fit to the train users against the parameters each group adds, so the
+    number follows the data, whatever generated it, without looking at any session to predict.
+    """
+    candidates = range(1, max(1, min(most, len(values) // 2)) + 1)
+    bic = [_ordered_mixture(values, k, seed).bic(values) for k in candidates]
+    return int(candidates[int(np.argmin(bic))])
+
+
+def fit_peer_groups(sessions: pd.DataFrame, train_rows: np.ndarray, groups: int | None,
+                    seed: int) -> PeerGroups | None:
+    """Fit peer groups on each train user's habits as of their last train session.
+
+    `groups` None chooses the number by BIC on those train users (`choose_peer_groups`).
     Groups are ordered by level (mean log-length). None when groups is 0 or there are too few
     train users (fewer than two per group) to fit them.
     """
     train = sessions.iloc[train_rows]
     last = train.groupby(C.USER_ID, sort=False).tail(1)[PEER_DESCRIPTORS].dropna()
-    if groups < 1 or len(last) < 2 * groups:
+    if groups == 0 or len(last) < 2 * (groups or 1):
         return None
     values = last.to_numpy(dtype=np.float64)
     center, scale = values.mean(axis=0), values.std(axis=0)
     scale = np.where(scale > 1e-9, scale, 1.0)
-    mixture = GaussianMixture(groups, covariance_type="diag", n_init=5, reg_covar=1e-4,
-                              random_state=seed).fit((values - center) / scale)
+    standardized = (values - center) / scale
+    if groups is None:
+        groups = choose_peer_groups(standardized, seed)
+    mixture = _ordered_mixture(standardized, groups, seed)
     order = np.argsort(mixture.means_[:, 1] * scale[1] + center[1])
     for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
         setattr(mixture, name, getattr(mixture, name)[order])
@@ -399,9 +473,10 @@ def peer_features(sessions: pd.DataFrame, peers: PeerGroups) -> tuple[np.ndarray
     return np.column_stack([probs, level, *shrunk]), names
 
 
-def _context(sessions: pd.DataFrame, train: np.ndarray, peer_groups: int, seed: int
-             ) -> tuple[np.ndarray, list[str]]:
-    """The standardized context matrix: base features, peer-group features, interactions."""
+def _context(sessions: pd.DataFrame, train: np.ndarray, peer_groups: int | None, seed: int
+             ) -> tuple[np.ndarray, list[str], int]:
+    """The standardized context matrix (base features, peer-group features, interactions),
+    its column names, and the number of peer groups used."""
     base = _filled(sessions, CONTEXT_FEATURES, train)
     base = Standardizer.fit(base[train]).apply(base)
     names = list(CONTEXT_FEATURES)
@@ -417,7 +492,8 @@ def _context(sessions: pd.DataFrame, train: np.ndarray, peer_groups: int, seed: 
     times = base[:, [CONTEXT_FEATURES.index(n) for n in INTERACTION_TIMES]]
     products = interaction_products(times, habits)
     names += [f"{t}_x_{h}" for t in INTERACTION_TIMES for h in habit_names]
-    return np.hstack([base, Standardizer.fit(products[train]).apply(products)]), names
+    groups = 0 if peers is None else len(peers.levels)
+    return np.hstack([base, Standardizer.fit(products[train]).apply(products)]), names, groups
 
 
 def build_feature_set(
@@ -426,19 +502,20 @@ def build_feature_set(
     train_split: str = "train",
     validation_split: str = "validate",
     test_split: str = "test",
-    peer_groups: int = 4,
+    peer_groups: int | None = None,
     seed: int = 1,
 ) -> FeatureSet:
     """Features, sequences and targets for every session; everything fit on the train split."""
     if sequence_length < 1:
         raise SessionlenError(f"sequence_length must be at least 1, got {sequence_length}")
-    if peer_groups < 0:
-        raise SessionlenError(f"peer_groups must be 0 (none) or more, got {peer_groups}")
+    if peer_groups is not None and peer_groups < 0:
+        raise SessionlenError(f"peer_groups must be None (chosen by BIC), 0 (none) or more, "
+                              f"got {peer_groups}")
     names = {"train": train_split, "validate": validation_split, "test": test_split}
     sessions = add_session_features(combine_splits(splits))
     rows = _role_rows(sessions, names)
     train = rows["train"]
-    context, context_names = _context(sessions, train, peer_groups, seed)
+    context, context_names, groups = _context(sessions, train, peer_groups, seed)
     steps_raw = _filled(sessions.assign(present=1.0), STEP_FEATURES, train)
     step_scaler = Standardizer.fit(steps_raw[train])
     # `present` stays exactly 1 so that padding (0) remains distinguishable after scaling.
@@ -452,7 +529,7 @@ def build_feature_set(
         categorical=categorical, vocab_sizes=sizes, steps=steps,
         history=history_index(sessions[C.USER_ID].to_numpy(), sequence_length),
         target=target_scaler.encode(sessions[C.CURRENT_SESSION_LENGTH].to_numpy(float)),
-        target_scaler=target_scaler, split_names=names,
+        target_scaler=target_scaler, split_names=names, peer_groups=groups,
     )
 
 

@@ -11,11 +11,15 @@ import nbformat
 
 from utils import config
 
+# The kernel `make` installs into the project's venv (see the Makefile); notebooks open on it.
+KERNELSPEC = {"name": "sessionlen", "display_name": "sessionlen (.venv)", "language": "python"}
+
 
 def strip_outputs(path: Path) -> bool:
-    """Remove outputs and execution counts from a notebook in place; True if it changed."""
+    """Remove outputs and execution counts, and set the project kernel; True if it changed."""
     nb = nbformat.read(path, as_version=4)
-    changed = False
+    changed = nb.metadata.get("kernelspec") != KERNELSPEC
+    nb.metadata["kernelspec"] = KERNELSPEC
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -57,6 +61,10 @@ def notebook_problems(path: Path) -> list[str]:
         if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
                for n in ast.walk(tree)):
             problems.append(f"{path}: code cell {index} defines a function or class")
+    kernel = nb.metadata.get("kernelspec", {}).get("name")
+    if kernel != KERNELSPEC["name"]:
+        problems.append(f"{path}: kernelspec {kernel!r}, expected the project kernel "
+                        f"{KERNELSPEC['name']!r}")
     if not nb.cells or nb.cells[0].cell_type != "markdown":
         problems.append(f"{path}: the first cell must be a markdown title")
     return problems

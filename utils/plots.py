@@ -5,18 +5,22 @@ Figures are closed after saving so that a notebook shows each exactly once: when
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from PIL import Image
 
 from utils.stage_io import atomic_file
 
 # Length buckets (seconds) for the error breakdown: minutes to many hours, heavy tail included.
 BUCKET_EDGES_S = [0, 300, 900, 1800, 3600, 7200, 14400, np.inf]
 BUCKET_LABELS = ["<5 min", "5-15 min", "15-30 min", "30-60 min", "1-2 h", "2-4 h", ">4 h"]
+FIGURE_RUN_KEY = "sessionlen run"
+FIGURE_SAVED_KEY = "sessionlen saved"
 KIND_COLORS = {"baseline": "#9e9e9e", "oracle": "#212121", "network": "#1f77b4",
                "lightgbm": "#2ca02c"}
 
@@ -33,36 +37,57 @@ def finish_figure(fig: Figure, path: Path | str | None) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Write `fig` as a PNG atomically and release it from pyplot."""
+def save_figure(fig: Figure, path: Path, run_id: str | None = None) -> Path:
+    """Write `fig` as a PNG atomically and release it from pyplot.
+
+    The PNG records when it was saved and, for a figure of recorded results, the run that
+    recorded them: a notebook rerun by hand replaces some figures and not others, and the
+    report says which run each one shows.
+    """
+    stamp = {FIGURE_SAVED_KEY: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             **({FIGURE_RUN_KEY: run_id} if run_id else {})}
     with atomic_file(Path(path), "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight", metadata=stamp)
     plt.close(fig)
     return Path(path)
 
 
-def plot_mae_per_model(table: pd.DataFrame) -> Figure:
-    """Horizontal bars of test MAE per model (kind-coloured), the oracle as a dashed line.
+def figure_stamp(path: Path) -> dict[str, str]:
+    """The run and save time a PNG written by `save_figure` records (empty for other PNGs)."""
+    with Image.open(path) as image:
+        text = getattr(image, "text", {})
+        return {k: text[k] for k in (FIGURE_RUN_KEY, FIGURE_SAVED_KEY) if k in text}
 
-    `table` needs columns label, kind (baseline | oracle | network | lightgbm) and mae_s.
+
+def plot_mae_per_model(table: pd.DataFrame) -> Figure:
+    """Test MAE per model (kind-coloured) with its 95% interval, the oracle as a dashed line.
+
+    `table` needs columns label, kind (baseline | oracle | network | lightgbm), mae_s,
+    mae_ci_low, mae_ci_high and selected (the model picked on validation, drawn as a star).
     """
     shown = table[table["kind"] != "oracle"].sort_values("mae_s", ascending=False)
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.5))
-    colors = [KIND_COLORS.get(kind, "#ff7f0e") for kind in shown["kind"]]
-    ax.barh(shown["label"], shown["mae_s"], color=colors)
-    for y, value in enumerate(shown["mae_s"]):
-        ax.annotate(f"{value:,.0f}", (value, y), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=8)
+    y = np.arange(len(shown))
+    error = np.vstack([shown["mae_s"] - shown["mae_ci_low"], shown["mae_ci_high"] - shown["mae_s"]])
+    for row, (_, model) in zip(y, shown.iterrows(), strict=True):
+        color = KIND_COLORS.get(model["kind"], "#ff7f0e")
+        ax.errorbar(model["mae_s"], row, xerr=error[:, [row]], fmt="*" if model["selected"]
+                    else "o", markersize=11 if model["selected"] else 6, color=color, capsize=3)
+        ax.annotate(f"{model['mae_s']:,.0f}", (model["mae_ci_high"], row), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    labels = [f"{label} (selected)" if chosen else label
+              for label, chosen in zip(shown["label"], shown["selected"], strict=True)]
+    ax.set_yticks(y, labels)
     oracle = table.loc[table["kind"] == "oracle", "mae_s"]
     if len(oracle):
         ax.axvline(oracle.iloc[0], color=KIND_COLORS["oracle"], linestyle="--",
                    label=f"oracle {oracle.iloc[0]:,.0f} s")
         ax.legend(loc="upper right")
-    low = min(shown["mae_s"].min(), oracle.min() if len(oracle) else np.inf)
+    low = min(shown["mae_ci_low"].min(), oracle.min() if len(oracle) else np.inf)
     # Models differ by a few percent: start the axis near the best so differences are visible.
-    ax.set_xlim(0.9 * low, 1.04 * shown["mae_s"].max())
-    ax.set_xlabel("test MAE (seconds)")
-    ax.set_title("MAE per model (grey: baselines)")
+    ax.set_xlim(0.97 * low, 1.04 * shown["mae_ci_high"].max())
+    ax.set_xlabel("test MAE (seconds), 95% paired bootstrap interval over users")
+    ax.set_title("MAE per model (grey: baselines; star: selected on validation)")
     return fig
 
 

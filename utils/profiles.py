@@ -8,8 +8,6 @@ eligibility filters are parameters; the users they exclude are listed with the r
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from utils import columns as C
-from utils.config import ClusterParams, WorkLayout, get_scale
+from utils.config import ClusterParams, WorkLayout
 from utils.errors import SessionlenError
 from utils.session_data import PROFILES_STAGE, read_final_split
 from utils.session_data import STAGE as SESSION_DATA_STAGE
@@ -49,8 +47,6 @@ FEW_SESSIONS = "min_sessions"
 LONG_AVERAGE = "max_average_length"
 REASONS = (NO_TRAIN, FEW_ROWS, FEW_SESSIONS, LONG_AVERAGE)
 EXCLUDED_COLUMNS = [C.USER_ID, REASON, TOTAL_ROWS, TOTAL_SESSIONS, C.AVERAGE_SESSION_LENGTH]
-THRESHOLD_MODES = ("original", "scaled")
-GROUND_TRUTH_USERS = Path("ground_truth") / "users.csv"
 
 
 def _top_id(train: pd.DataFrame, column: str) -> pd.Series:
@@ -126,26 +122,6 @@ def reason_counts(excluded: pd.DataFrame) -> dict[str, int]:
     """Excluded users per reason (a user failing two thresholds counts under both)."""
     split = excluded[REASON].str.split(";").explode()
     return {reason: int((split == reason).sum()) for reason in REASONS}
-
-
-def threshold_params(params: ClusterParams, mode: str, scale: str, raw: str | Path
-                     ) -> ClusterParams:
-    """The eligibility thresholds to apply: as given, or scaled to a shortened synthetic history.
-
-    "original" applies min_rows and min_sessions as given. "scaled" multiplies them by the
-    scale's plays_factor when `raw` is a synthetic dataset (its histories are that much shorter
-    than the real ones the thresholds were set for); real data is never scaled. The maximum
-    average length concerns session lengths, which the scale does not shorten.
-    """
-    if mode not in THRESHOLD_MODES:
-        raise SessionlenError(f"unknown thresholds mode {mode!r}; valid: "
-                              f"{', '.join(THRESHOLD_MODES)}")
-    factor = get_scale(scale).plays_factor
-    if mode == "original" or factor == 1.0 or not (Path(raw) / GROUND_TRUTH_USERS).is_file():
-        return params
-    return dataclasses.replace(
-        params, min_rows=math.ceil(params.min_rows * factor),
-        min_sessions=math.ceil(params.min_sessions * factor))
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:

@@ -17,25 +17,29 @@ from matplotlib.figure import Figure
 from utils.baselines import BASELINES, ORACLE
 from utils.config import WorkLayout
 from utils.errors import SessionlenError
-from utils.plots import save_figure
-from utils.results import load_experiments, utc_now
+from utils.plots import FIGURE_RUN_KEY, FIGURE_SAVED_KEY, figure_stamp, save_figure
+from utils.results import load_comparisons, load_experiments, utc_now
 from utils.stage_io import atomic_file
 
 REPORT_FILE = "report.md"
 TIMELINE_FILE = "results_timeline.png"
 STAGE_COLORS = {"baseline": "#1f77b4", "clusters": "#ff7f0e"}
 ORACLE_COLOR = "#212121"
-HEADROOM_REFERENCE = "user_median"
-NORMALIZER = "user_mean"
 # Beyond this many experiments the timeline's x labels would overlap: show run positions only.
 MAX_LABELLED = 60
-TABLE_COLUMNS = ["stage", "model", "n_test", "mae_s", "rmse_s", "normalized_mae",
-                 "headroom_captured", "train_seconds"]
+TABLE_COLUMNS = ["stage", "model", "selected", "val_mae_s", "mae_s", "mae_ci_low", "mae_ci_high",
+                 "normalized_mae", "headroom_captured", "headroom_ci_low", "headroom_ci_high",
+                 "diff_vs_reference_s", "train_seconds"]
+COMPARISON_TABLE = ["stage", "model", "versus", "diff_mae_s", "diff_ci_low", "diff_ci_high",
+                    "verdict"]
+# Below this share of test sessions that start exactly where a planted one does, the oracle
+# is partly an estimate (sessions cut by estimated durations take the planted one in progress).
+EXACT_SHARE_WARNING = 0.99
 GROUND_TRUTH = "ground_truth"
 
 
 def plot_results_timeline(experiments: pd.DataFrame) -> Figure:
-    """Every recorded experiment in order: normalized MAE, coloured by stage.
+    """Every recorded experiment in order: normalized MAE with its 95% interval, by stage.
 
     The dotted line at 1.0 is the user_mean baseline; the dashed line is the latest oracle.
     """
@@ -47,6 +51,8 @@ def plot_results_timeline(experiments: pd.DataFrame) -> Figure:
     for stage, color in STAGE_COLORS.items():
         mine = (rows["stage"] == stage).to_numpy() & (rows["model"] != ORACLE).to_numpy()
         ax.scatter(x[mine], rows["normalized_mae"][mine], color=color, label=stage, zorder=3)
+        ax.vlines(x[mine], rows["normalized_mae_ci_low"][mine],
+                  rows["normalized_mae_ci_high"][mine], color=color, linewidth=1, zorder=2)
     oracle = (rows["model"] == ORACLE).to_numpy()
     if oracle.any():
         ax.scatter(x[oracle], rows["normalized_mae"][oracle], color=ORACLE_COLOR, marker="x",
@@ -81,25 +87,10 @@ def latest_runs(experiments: pd.DataFrame) -> pd.DataFrame:
     return experiments[experiments["run_id"].isin(last.to_numpy())].reset_index(drop=True)
 
 
-def with_headroom(rows: pd.DataFrame) -> pd.DataFrame:
-    """Add headroom_captured per row, from its own run's user_median and oracle (NaN without)."""
-    mae = rows.set_index(["run_id", "model"])["mae_s"]
-    mae = mae[~mae.index.duplicated(keep="last")]
-
-    def reference(model: str) -> np.ndarray:
-        keys = pd.MultiIndex.from_arrays([rows["run_id"], np.full(len(rows), model)])
-        return mae.reindex(keys).to_numpy(dtype=np.float64)
-
-    median, oracle = reference(HEADROOM_REFERENCE), reference(ORACLE)
-    headroom = median - oracle
-    with np.errstate(invalid="ignore", divide="ignore"):
-        captured = (median - rows["mae_s"].to_numpy(dtype=np.float64)) / headroom
-    # Same rule as evaluation.headroom_captured: no positive headroom, no ratio.
-    return rows.assign(headroom_captured=np.where(headroom > 0, captured, np.nan))
-
-
 def _cell(value: object) -> str:
     """One table cell: large numbers with thousands separators, ratios with 4 decimals."""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
     if isinstance(value, float):
         if np.isnan(value):
             return ""
@@ -133,7 +124,8 @@ def _clusters_settings(rows: pd.DataFrame) -> list[str]:
         p = json.loads(row["params"])
         ari = p.get("adjusted_rand")
         lines.append(
-            f"- `{row['model']}`: {p.get('clustering')} with k={p.get('clusters')} on "
+            f"- `{row['model']}`: {p.get('clustering')} with k={p.get('clusters')} "
+            f"({p.get('clusters_chosen_by', 'given')}) on "
             f"{', '.join(p.get('cluster_columns', []))}; standardize={p.get('standardize')}, "
             f"mix_std={p.get('mix_std')} (threshold {p.get('mix_std_threshold')} users); "
             f"own models for clusters {p.get('clusters_trained')}"
@@ -147,29 +139,101 @@ def _section(title: str, rows: pd.DataFrame, text: str = "") -> list[str]:
     return [f"## {title}", "", *([text, ""] if text else []), body, ""]
 
 
-def report_text(experiments: pd.DataFrame, figures: list[Path], raw: str | Path | None) -> str:
-    """The markdown report for these experiments and figures (paths relative to results/)."""
-    latest = with_headroom(latest_runs(experiments))
+def _figure_entry(path: Path, stamp: dict[str, str], latest_runs: set[str]) -> str:
+    """A figure's heading, where it came from, and its link (path relative to results/)."""
+    run, saved = stamp.get(FIGURE_RUN_KEY), stamp.get(FIGURE_SAVED_KEY, "unknown")
+    if run is None:
+        origin = f"Saved {saved}; not tied to a recorded run."
+    elif run in latest_runs:
+        origin = f"Run `{run}` (saved {saved}), as in the tables above."
+    else:
+        origin = (f"**Run `{run}` (saved {saved}): older than the tables above**; rerun its "
+                  f"notebook to redraw it.")
+    link = path.as_posix()
+    return f"### {path.stem}\n\n{origin}\n\n[{link}]({link})\n\n![{path.stem}]({link})\n"
+
+
+def _headline(rows: pd.DataFrame, compared: pd.DataFrame) -> list[str]:
+    """Per stage: the model selected on validation, its test figures, and what the paired
+    comparisons allow to say about it."""
+    lines = ["## Headline", ""]
+    for stage, mine in rows.groupby("stage", sort=False):
+        chosen = mine[mine["selected"].astype(bool)]
+        if chosen.empty:
+            continue
+        best = chosen.iloc[0]
+        headroom = "" if pd.isna(best["headroom_captured"]) else (
+            f", headroom captured {best['headroom_captured']:.2f} "
+            f"[{best['headroom_ci_low']:.2f}, {best['headroom_ci_high']:.2f}]")
+        lines.append(
+            f"- **{stage}**: `{best['model']}`, selected on validation (MAE "
+            f"{best['val_mae_s']:,.0f} s): test MAE {best['mae_s']:,.0f} s "
+            f"[{best['mae_ci_low']:,.0f}, {best['mae_ci_high']:,.0f}], normalized MAE "
+            f"{best['normalized_mae']:.3f}{headroom}; reference `{best['reference']}` (the "
+            f"best naive baseline on validation).")
+        for _, row in compared[compared["stage"] == stage].iterrows():
+            lines.append(
+                f"  - `{row['model']}` − `{row['versus']}`: {row['diff_mae_s']:+,.0f} s "
+                f"[{row['diff_ci_low']:+,.0f}, {row['diff_ci_high']:+,.0f}]: {row['verdict']}")
+    return [*lines, ""]
+
+
+def oracle_coverage(rows: pd.DataFrame) -> list[str]:
+    """How the oracle's test sessions met the planted ones, per stage, with a warning when
+    fewer than EXACT_SHARE_WARNING of them match a planted start exactly."""
+    lines = []
+    for _, row in rows[rows["model"] == ORACLE].iterrows():
+        params = json.loads(row["params"])
+        if "exact_matches" not in params:
+            continue
+        exact, total = int(params["exact_matches"]), int(params["test_sessions"])
+        share = exact / total if total else 0.0
+        lines.append(
+            f"- {row['stage']}: {exact:,} of {total:,} test sessions ({share:.1%}) start "
+            f"exactly at a planted session; {total - exact:,} were matched to the planted "
+            f"session in progress at their start (estimated durations split or merge sessions)."
+            + (f" **Warning: below {EXACT_SHARE_WARNING:.0%}, the oracle is partly an estimate."
+               f"**" if share < EXACT_SHARE_WARNING else ""))
+    return lines
+
+
+def report_text(experiments: pd.DataFrame, comparisons: pd.DataFrame,
+                figures: dict[Path, dict[str, str]], raw: str | Path | None) -> str:
+    """The markdown report for these experiments, comparisons and figures.
+
+    `figures` maps each figure's path relative to results/ to what its PNG records
+    (`plots.figure_stamp`).
+    """
+    latest = latest_runs(experiments)
     latest["model"] = model_labels(latest)
+    compared = comparisons[comparisons["run_id"].isin(set(latest["run_id"]))]
     is_baseline = latest["model"].isin(BASELINES)
     lines = [
         "# sessionlen — results", "",
         f"Generated {utc_now()}. {_data_line(raw)} {len(experiments)} experiments recorded in "
-        f"`experiments.csv`; the tables show each stage's latest run. MAE and RMSE are in "
-        f"seconds on the test sessions; normalized_mae = MAE / user_mean MAE on the same rows; "
-        f"headroom_captured = (user_median MAE - MAE) / (user_median MAE - oracle MAE).", "",
+        f"`experiments.csv`; the tables show each stage's latest run. Every choice is made on "
+        f"the validation split (the selected model, the reference baseline); test metrics are "
+        f"reported, each with a 95% paired bootstrap interval over users. MAE and RMSE are in "
+        f"seconds; normalized_mae = MAE / user_mean MAE on the same rows; headroom_captured = "
+        f"(reference MAE - MAE) / (reference MAE - oracle MAE). A model is called better than "
+        f"another only where the interval of their paired difference excludes zero.", "",
+        *_headline(latest, compared),
         *_section("Results", latest.sort_values(["stage", "mae_s"]),
-                  "Trained models and baselines of both stages, best first within a stage."),
+                  "Trained models and baselines of both stages, best test MAE first within a "
+                  "stage; `selected` is the validation pick."),
+        "## Comparisons", "",
+        markdown_table(compared[COMPARISON_TABLE]) if len(compared) else "_none recorded_", "",
         *_section("Baselines", latest[is_baseline].sort_values(["stage", "mae_s"])),
         *_section("Oracle", latest[latest["model"] == ORACLE],
                   "The planted conditional median: the best any model can do on average."),
+        *oracle_coverage(latest), "",
     ]
     settings = _clusters_settings(latest)
     if settings:
         lines += ["## Per-cluster models", "", *settings, ""]
     lines += ["## Figures", ""]
-    lines += [f"### {p.stem}\n\n[{p.as_posix()}]({p.as_posix()})\n\n![{p.stem}]({p.as_posix()})\n"
-              for p in figures] or ["_none saved_"]
+    lines += [_figure_entry(p, figures[p], set(latest["run_id"])) for p in figures] \
+        or ["_none saved_"]
     return "\n".join(lines) + "\n"
 
 
@@ -181,8 +245,9 @@ def write_report(work: str | Path, raw: str | Path | None = None) -> Path:
         raise SessionlenError(f"{layout.experiments}: no experiments recorded; run the "
                               f"baseline or clusters stage first")
     save_figure(plot_results_timeline(experiments), layout.figures / TIMELINE_FILE)
-    figures = sorted(p.relative_to(layout.results) for p in layout.figures.glob("*.png"))
+    figures = {p.relative_to(layout.results): figure_stamp(p)
+               for p in sorted(layout.figures.glob("*.png"))}
     path = layout.results / REPORT_FILE
     with atomic_file(path, "w", encoding="utf-8") as fh:
-        fh.write(report_text(experiments, figures, raw))
+        fh.write(report_text(experiments, load_comparisons(layout.root), figures, raw))
     return path

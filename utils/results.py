@@ -1,4 +1,5 @@
-"""The results registry WORK/results/experiments.csv: one row per evaluated model, append-only."""
+"""The results registry: WORK/results/experiments.csv (one row per evaluated model) and
+comparisons.csv (one row per paired comparison), both append-only."""
 
 from __future__ import annotations
 
@@ -17,15 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utils import evaluation
-from utils.baselines import BASELINES, ORACLE
-from utils.columns import EXPERIMENT_COLUMNS
+from utils.columns import COMPARISON_COLUMNS, EXPERIMENT_COLUMNS
 from utils.config import WorkLayout
 from utils.errors import SessionlenError
 from utils.stage_io import atomic_file
 
 STAGES = ("baseline", "clusters")
-NORMALIZER = "user_mean"
 
 
 def new_run_id() -> str:
@@ -50,51 +48,20 @@ def params_json(params: Mapping[str, Any] | str | None) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-def experiment_row(*, run_id: str, stage: str, model: str, actual_s: np.ndarray,
-                   predicted_s: np.ndarray, baseline_s: np.ndarray,
-                   params: Mapping[str, Any] | None = None, train_seconds: float = 0.0,
-                   finished_at: str | None = None) -> dict[str, Any]:
-    """One experiments.csv row; `baseline_s` are the user_mean predictions on the same rows."""
-    model_mae = evaluation.mae(actual_s, predicted_s)
-    baseline_mae = evaluation.mae(actual_s, baseline_s)
-    return {
-        "run_id": run_id, "finished_at": finished_at or utc_now(), "stage": stage,
-        "model": model, "params": params_json(params), "n_test": len(actual_s),
-        "mae_s": model_mae, "rmse_s": evaluation.rmse(actual_s, predicted_s),
-        "baseline_mae_s": baseline_mae,
-        "normalized_mae": evaluation.normalized_mae(model_mae, baseline_mae),
-        "train_seconds": float(train_seconds),
-    }
-
-
-def evaluation_rows(actual_s: np.ndarray, predictions: pd.DataFrame, stage: str,
-                    run_id: str | None = None) -> list[dict[str, Any]]:
-    """One row per baseline column of `predictions` (baseline_predictions' output)."""
-    if NORMALIZER not in predictions:
-        raise SessionlenError(f"predictions lack the {NORMALIZER} baseline")
-    run_id, finished = run_id or new_run_id(), utc_now()
-    return [
-        experiment_row(run_id=run_id, stage=stage, model=name, actual_s=actual_s,
-                       predicted_s=predictions[name].to_numpy(),
-                       baseline_s=predictions[NORMALIZER].to_numpy(), finished_at=finished)
-        for name in (*BASELINES, ORACLE) if name in predictions
-    ]
-
-
-def _checked(row: Mapping[str, Any], index: int) -> list[Any]:
-    """The row's values in EXPERIMENT_COLUMNS order, after checking names, stage and params."""
-    unknown = sorted(set(row) - set(EXPERIMENT_COLUMNS))
-    missing = [c for c in EXPERIMENT_COLUMNS if c not in row]
+def _checked(row: Mapping[str, Any], index: int, columns: list[str]) -> list[Any]:
+    """The row's values in `columns` order, after checking names, stage and params."""
+    unknown = sorted(set(row) - set(columns))
+    missing = [c for c in columns if c not in row]
     if unknown or missing:
         raise SessionlenError(
-            f"experiment row {index}: unknown column(s) {unknown}, missing column(s) {missing}; "
-            f"expected exactly {', '.join(EXPERIMENT_COLUMNS)}")
+            f"results row {index}: unknown column(s) {unknown}, missing column(s) {missing}; "
+            f"expected exactly {', '.join(columns)}")
     if row["stage"] not in STAGES:
         raise SessionlenError(
-            f"experiment row {index}: stage {row['stage']!r} is not one of {', '.join(STAGES)}")
-    values = {**row, "params": params_json(row["params"])}
+            f"results row {index}: stage {row['stage']!r} is not one of {', '.join(STAGES)}")
+    values = {**row, **({"params": params_json(row["params"])} if "params" in row else {})}
     return ["" if isinstance(v, float) and math.isnan(v) else v
-            for v in (values[c] for c in EXPERIMENT_COLUMNS)]
+            for v in (values[c] for c in columns)]
 
 
 def _rows_as_dicts(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[Mapping[str, Any]]:
@@ -117,34 +84,64 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _existing_text(path: Path) -> str:
-    """The current file's text (header checked), or just the header for a new file."""
-    header = ",".join(EXPERIMENT_COLUMNS) + "\n"
+def _existing_text(path: Path, columns: list[str]) -> str:
+    """The current file's text under the `columns` header, or just the header for a new file.
+
+    A file written before columns were added is carried over, the new columns left empty, so
+    the results of earlier runs stay readable; any other header is refused.
+    """
+    header = ",".join(columns) + "\n"
     if not path.exists():
         return header
     text = path.read_text(encoding="utf-8")
-    if text.split("\n", 1)[0].rstrip("\r") != header.rstrip("\n"):
-        raise SessionlenError(f"{path}: line 1: header is not {','.join(EXPERIMENT_COLUMNS)}")
-    return text if text.endswith("\n") else text + "\n"
+    found = next(csv.reader([text.split("\n", 1)[0].rstrip("\r")]), [])
+    if found == columns:
+        return text if text.endswith("\n") else text + "\n"
+    if not found or not set(found) < set(columns):
+        raise SessionlenError(f"{path}: line 1: header is not {','.join(columns)}")
+    old = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    buffer = io.StringIO()
+    old.reindex(columns=columns, fill_value="").to_csv(buffer, index=False, lineterminator="\n")
+    return buffer.getvalue()
 
 
-def append_experiments(work: Path, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> Path:
-    """Append rows (exactly EXPERIMENT_COLUMNS each) to WORK/results/experiments.csv atomically."""
-    path = WorkLayout(Path(work)).experiments
-    checked = [_checked(row, i) for i, row in enumerate(_rows_as_dicts(rows))]
+def _append_rows(path: Path, columns: list[str],
+                 rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> Path:
+    """Append rows (exactly `columns` each) to a results CSV, atomically and under a lock."""
+    checked = [_checked(row, i, columns) for i, row in enumerate(_rows_as_dicts(rows))]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(checked)
     with _locked(path):
-        text = _existing_text(path) + buffer.getvalue()
+        text = _existing_text(path, columns) + buffer.getvalue()
         with atomic_file(path, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
     return path
 
 
+def _load_rows(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A results CSV as a frame (empty with the columns when there is no file yet)."""
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    text = _existing_text(path, columns)
+    return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "params": str})
+
+
+def append_experiments(work: Path, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> Path:
+    """Append rows (exactly EXPERIMENT_COLUMNS each) to WORK/results/experiments.csv."""
+    return _append_rows(WorkLayout(Path(work)).experiments, EXPERIMENT_COLUMNS, rows)
+
+
 def load_experiments(work: Path) -> pd.DataFrame:
     """Every recorded experiment (an empty frame with the columns when none is recorded yet)."""
-    path = WorkLayout(Path(work)).experiments
-    if not path.exists():
-        return pd.DataFrame(columns=EXPERIMENT_COLUMNS)
-    _existing_text(path)
-    return pd.read_csv(path, dtype={"run_id": str, "params": str})
+    return _load_rows(WorkLayout(Path(work)).experiments, EXPERIMENT_COLUMNS)
+
+
+def append_comparisons(work: Path, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> Path:
+    """Append paired model comparisons (COMPARISON_COLUMNS) to WORK/results/comparisons.csv."""
+    return _append_rows(WorkLayout(Path(work)).comparisons, COMPARISON_COLUMNS,
+                        rows[COMPARISON_COLUMNS] if isinstance(rows, pd.DataFrame) else rows)
+
+
+def load_comparisons(work: Path) -> pd.DataFrame:
+    """Every recorded comparison (an empty frame with the columns when none is recorded)."""
+    return _load_rows(WorkLayout(Path(work)).comparisons, COMPARISON_COLUMNS)

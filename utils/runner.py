@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from utils import columns, config
 from utils.errors import SessionlenError
 
 NOTEBOOK_NAME = re.compile(r"^(\d+)_.+\.ipynb$")
-KERNEL_NAME = "python3"
+# The project kernel that `make` installs into the venv; every committed notebook names it.
+KERNEL_NAME = "sessionlen"
 # The kernel runs on loopback; its start-up warning about unencrypted TCP is noise in a run's log.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
@@ -54,6 +55,38 @@ def notebook_parameters(notebook: Path, values: dict[str, Any]) -> dict[str, Any
     return {name: value for name, value in values.items() if name in declared}
 
 
+@dataclass
+class PrefixedLines:
+    """A writable stream that forwards whole lines to `target`, each behind `prefix`.
+
+    Papermill hands over a notebook's output as the kernel sends it, in pieces; lines are
+    completed before they are forwarded so that two sources never interleave within a line.
+    """
+
+    prefix: str
+    target: TextIO
+    pending: str = field(default="", init=False)
+
+    def write(self, text: str) -> int:
+        """Buffer `text`, forwarding every line it completes."""
+        *lines, self.pending = (self.pending + text.replace("\r\n", "\n")).split("\n")
+        for line in lines:
+            # A progress bar redraws its line with carriage returns: show its latest state.
+            latest = line.rsplit("\r", 1)[-1]
+            self.target.write(f"{self.prefix} {latest}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the target; an unfinished line waits for its end or for `close`."""
+        self.target.flush()
+
+    def close(self) -> None:
+        """Forward what is left of an unfinished last line."""
+        if self.pending:
+            self.write("\n")
+        self.target.flush()
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Where a run left its outputs."""
@@ -76,6 +109,7 @@ def run_pipeline(
 ) -> RunPaths:
     """Execute the notebooks in order; stop at the first failure naming the notebook and error."""
     import papermill
+    from jupyter_client.kernelspec import NoSuchKernel
     from papermill.exceptions import PapermillExecutionError
 
     scale_cfg = config.get_scale(scale)
@@ -86,24 +120,36 @@ def run_pipeline(
     print(f"raw data: {raw_path}\nWORK: {layout.root}", flush=True)
     injected = {
         "scale": scale, "work_dir": str(layout.root), "raw_dir": str(raw_path), "seed": seed,
-        "engine": engine, "epochs": scale_cfg.epochs, "clusters": scale_cfg.clusters,
+        "engine": engine, "epochs": scale_cfg.epochs, "min_rows": scale_cfg.min_rows,
+        "min_sessions": scale_cfg.min_sessions,
     }
     for notebook in notebooks or stage_notebooks():
         target = layout.notebooks / notebook.parent.name / notebook.name
         target.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        print(f"running {notebook.parent.name}/{notebook.name} ...", flush=True)
+        name = f"{notebook.parent.name}/{notebook.stem}"
+        print(f"running {name} ...", flush=True)
+        out, err = PrefixedLines(f"[{name}]", sys.stdout), PrefixedLines(f"[{name}]", sys.stderr)
         try:
             papermill.execute_notebook(
                 str(notebook), str(target), parameters=notebook_parameters(notebook, injected),
                 kernel_name=KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False,
-                log_output=False, extra_arguments=KERNEL_ARGUMENTS,
+                log_output=False, stdout_file=out, stderr_file=err,
+                extra_arguments=KERNEL_ARGUMENTS,
             )
         except PapermillExecutionError as exc:
             raise SessionlenError(
                 f"notebook {notebook.parent.name}/{notebook.name} failed in cell "
                 f"{exc.exec_count}: {exc.ename}: {exc.evalue} (executed copy: {target})"
             ) from exc
+        except NoSuchKernel as exc:
+            raise SessionlenError(
+                f"the project kernel {KERNEL_NAME!r} is not installed; run `make run` once, or "
+                f"`python -m ipykernel install --sys-prefix --name {KERNEL_NAME}` in the venv"
+            ) from exc
+        finally:
+            out.close()
+            err.close()
         print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
     _print_outputs(paths)
     return paths
