@@ -198,7 +198,10 @@ def test_figures_are_written_as_png(tmp_path, features):
     mae = np.array([float(np.abs(p - actual).mean()) for p in predictions.values()] + [100.0])
     table = pd.DataFrame({"label": ["a", "b", "oracle"], "kind": ["network", "baseline", "oracle"],
                           "mae_s": mae, "mae_ci_low": mae - 20, "mae_ci_high": mae + 30,
-                          "selected": [True, False, False]})
+                          "selected": [True, False, False], "reference": "b",
+                          "diff_vs_reference_s": mae - mae[1],
+                          "diff_vs_reference_ci_low": mae - mae[1] - 5,
+                          "diff_vs_reference_ci_high": mae - mae[1] + 5})
     buckets = plots.error_by_bucket(actual, predictions)
     assert buckets["sessions"].sum() == len(actual)
     assert buckets.loc[buckets["sessions"] > 0, "b"].notna().all()
@@ -215,9 +218,10 @@ def test_figures_are_written_as_png(tmp_path, features):
     assert figures["mae"].axes[0].get_legend().get_texts()[0].get_text() == "oracle 100 s"
     ticks = [t.get_text() for t in figures["mae"].axes[0].get_yticklabels()]
     assert sorted(ticks) == ["a (selected)", "b"]
-    bars = [line for line in figures["mae"].axes[0].collections if len(line.get_segments())]
-    spans = sorted(round(float(np.ptp(seg[:, 0]))) for c in bars for seg in c.get_segments())
-    assert spans == [50, 50]  # each interval drawn from its low to its high end
+    for axis, width in zip(figures["mae"].axes, (50, 10), strict=True):
+        bars = [line for line in axis.collections if len(line.get_segments())]
+        spans = sorted(round(float(np.ptp(seg[:, 0]))) for c in bars for seg in c.get_segments())
+        assert spans == [width, width]  # each interval drawn from its low to its high end
 
 
 def write_work(root: Path, frame: pd.DataFrame) -> tuple[Path, Path]:

@@ -105,8 +105,8 @@ def test_headline_names_the_validation_pick_and_the_verdicts(work):
     assert "**clusters**: `cluster_lightgbm`, selected on validation" in headline
     assert "**baseline**: `gru (dropout 0.2)`, selected on validation" in headline
     assert "reference `user_median`" in headline
-    assert "`cluster_lightgbm` − `global_lightgbm`: -30 s [-80, +12]: not distinguishable" \
-        in headline
+    assert ("`cluster_lightgbm` − `global_lightgbm`: -30.0 s [-80.0, +12.0]: not "
+            "distinguishable") in headline
     assert "| clusters | cluster_lightgbm | global_lightgbm |" in text.split("## Comparisons")[1]
 
 

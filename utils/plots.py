@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -59,35 +60,57 @@ def figure_stamp(path: Path) -> dict[str, str]:
         return {k: text[k] for k in (FIGURE_RUN_KEY, FIGURE_SAVED_KEY) if k in text}
 
 
-def plot_mae_per_model(table: pd.DataFrame) -> Figure:
-    """Test MAE per model (kind-coloured) with its 95% interval, the oracle as a dashed line.
+def _interval_dots(ax: Axes, shown: pd.DataFrame, value: str, low: str, high: str) -> None:
+    """One dot per model at `value` with a bar from `low` to `high`; the selected one a star."""
+    for row, (_, model) in enumerate(shown.iterrows()):
+        chosen = bool(model["selected"])
+        ax.errorbar(model[value], row, xerr=[[model[value] - model[low]],
+                                             [model[high] - model[value]]],
+                    fmt="*" if chosen else "o", markersize=11 if chosen else 6, capsize=3,
+                    color=KIND_COLORS.get(model["kind"], "#ff7f0e"))
+        ax.annotate(f"{model[value]:,.0f}", (model[high], row), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
 
-    `table` needs columns label, kind (baseline | oracle | network | lightgbm), mae_s,
-    mae_ci_low, mae_ci_high and selected (the model picked on validation, drawn as a star).
+
+def plot_mae_per_model(table: pd.DataFrame) -> Figure:
+    """Test MAE per model with its 95% interval, and the paired difference to the reference.
+
+    `table` needs columns label, kind (baseline | oracle | network | lightgbm), selected (the
+    validation pick, drawn as a star), mae_s, mae_ci_low/high, reference, diff_vs_reference_s and
+    its ci_low/high. The left panel's intervals are wide because listeners differ; the right
+    panel pairs every model with the reference on the same users, which is what tells models
+    apart. The oracle is the dashed line.
     """
     shown = table[table["kind"] != "oracle"].sort_values("mae_s", ascending=False)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.5))
-    y = np.arange(len(shown))
-    error = np.vstack([shown["mae_s"] - shown["mae_ci_low"], shown["mae_ci_high"] - shown["mae_s"]])
-    for row, (_, model) in zip(y, shown.iterrows(), strict=True):
-        color = KIND_COLORS.get(model["kind"], "#ff7f0e")
-        ax.errorbar(model["mae_s"], row, xerr=error[:, [row]], fmt="*" if model["selected"]
-                    else "o", markersize=11 if model["selected"] else 6, color=color, capsize=3)
-        ax.annotate(f"{model['mae_s']:,.0f}", (model["mae_ci_high"], row), xytext=(4, 0),
-                    textcoords="offset points", va="center", fontsize=8)
+    fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(12, 0.35 * len(shown) + 1.8),
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    _interval_dots(left, shown, "mae_s", "mae_ci_low", "mae_ci_high")
+    _interval_dots(right, shown, "diff_vs_reference_s", "diff_vs_reference_ci_low",
+                   "diff_vs_reference_ci_high")
     labels = [f"{label} (selected)" if chosen else label
               for label, chosen in zip(shown["label"], shown["selected"], strict=True)]
-    ax.set_yticks(y, labels)
-    oracle = table.loc[table["kind"] == "oracle", "mae_s"]
+    left.set_yticks(np.arange(len(shown)), labels)
+    oracle = table.loc[table["kind"] == "oracle"]
     if len(oracle):
-        ax.axvline(oracle.iloc[0], color=KIND_COLORS["oracle"], linestyle="--",
-                   label=f"oracle {oracle.iloc[0]:,.0f} s")
-        ax.legend(loc="upper right")
-    low = min(shown["mae_ci_low"].min(), oracle.min() if len(oracle) else np.inf)
+        left.axvline(oracle["mae_s"].iloc[0], color=KIND_COLORS["oracle"], linestyle="--",
+                     label=f"oracle {oracle['mae_s'].iloc[0]:,.0f} s")
+        right.axvline(oracle["diff_vs_reference_s"].iloc[0], color=KIND_COLORS["oracle"],
+                      linestyle="--")
+        left.legend(loc="upper right")
+    right.axvline(0.0, color=KIND_COLORS["baseline"], linewidth=1)
+    # The right panel is about the models near the reference: far worse baselines run off it
+    # (the left panel shows them).
+    gain = min(shown["diff_vs_reference_ci_low"].min(),
+               oracle["diff_vs_reference_s"].min() if len(oracle) else 0.0)
+    if gain < 0:
+        right.set_xlim(1.25 * gain, -0.6 * gain)
+    low = min(shown["mae_ci_low"].min(), oracle["mae_s"].min() if len(oracle) else np.inf)
     # Models differ by a few percent: start the axis near the best so differences are visible.
-    ax.set_xlim(0.97 * low, 1.04 * shown["mae_ci_high"].max())
-    ax.set_xlabel("test MAE (seconds), 95% paired bootstrap interval over users")
-    ax.set_title("MAE per model (grey: baselines; star: selected on validation)")
+    left.set_xlim(0.97 * low, 1.04 * shown["mae_ci_high"].max())
+    left.set_xlabel("test MAE (s), 95% bootstrap interval over users")
+    right.set_xlabel(f"MAE − {table['reference'].iloc[0]} MAE (s), paired 95% interval")
+    fig.suptitle("MAE per model (grey: baselines; star: selected on validation)")
+    fig.tight_layout()
     return fig
 
 

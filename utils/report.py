@@ -173,8 +173,8 @@ def _headline(rows: pd.DataFrame, compared: pd.DataFrame) -> list[str]:
             f"best naive baseline on validation).")
         for _, row in compared[compared["stage"] == stage].iterrows():
             lines.append(
-                f"  - `{row['model']}` − `{row['versus']}`: {row['diff_mae_s']:+,.0f} s "
-                f"[{row['diff_ci_low']:+,.0f}, {row['diff_ci_high']:+,.0f}]: {row['verdict']}")
+                f"  - `{row['model']}` − `{row['versus']}`: {row['diff_mae_s']:+,.1f} s "
+                f"[{row['diff_ci_low']:+,.1f}, {row['diff_ci_high']:+,.1f}]: {row['verdict']}")
     return [*lines, ""]
 
 
