@@ -19,7 +19,9 @@ F_u(x) with F_u the user's first-track duration law, and the smallest whole x wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
@@ -110,7 +112,7 @@ class Sessions:
 
     def take(self, keep: np.ndarray) -> Sessions:
         """The sessions selected by a mask or index array."""
-        return Sessions(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
+        return type(self)(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
 
 
 def draw_users(
@@ -131,16 +133,30 @@ def draw_users(
     span_days = (end - start) / DAY_S
     relative = np.array([a.sessions for a in ARCHETYPES])[archetype]
     planned = relative * np.exp(rng.normal(0.0, HISTORY_SD, n)) * np.minimum(1.0, span_days / 300)
-    # Most listen to whole tracks; a few scan through them (many plays per hour of listening),
-    # which gives the heavy right tail of plays per user without touching session lengths.
-    habit = rng.choice(4, size=n, p=[0.6, 0.22, 0.13, 0.05])
-    low = np.array([[0.02, 0.15], [0.12, 0.1], [0.4, 0.05], [0.85, 0.04]])[habit]
-    high = np.array([[0.12, 0.35], [0.4, 0.3], [0.85, 0.25], [0.97, 0.1]])[habit]
-    skip_prob, skip_heard = rng.uniform(low, high).T
+    skip_prob, skip_heard = skip_habits(rng, n)
     return Users(archetype=archetype, effect=rng.normal(0.0, USER_EFFECT_SD, n),
                  tz_hours=tz_hours, window_start_s=start.astype(np.int64),
                  window_end_s=end.astype(np.int64), planned_sessions=planned,
                  skip_prob=skip_prob, skip_heard=skip_heard)
+
+
+def skip_habits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(skip_prob, skip_heard) of n listeners.
+
+    Most listen to whole tracks; a few scan through them (many plays per hour of listening),
+    which gives the heavy right tail of plays per user without touching session lengths.
+    """
+    habit = rng.choice(4, size=n, p=[0.6, 0.22, 0.13, 0.05])
+    low = np.array([[0.02, 0.15], [0.12, 0.1], [0.4, 0.05], [0.85, 0.04]])[habit]
+    high = np.array([[0.12, 0.35], [0.4, 0.3], [0.85, 0.25], [0.97, 0.1]])[habit]
+    skip_prob, skip_heard = rng.uniform(low, high).T
+    return skip_prob, skip_heard
+
+
+def mean_length_s(users: Users) -> np.ndarray:
+    """Rough expected session length of each user (sizes histories before simulating)."""
+    spread = SIGMA**2 / (1 - PERSISTENCE**2)
+    return np.exp(LEVEL[users.archetype] + users.effect + spread / 2)
 
 
 def scale_history(users: Users, sessions_total: float) -> Users:
@@ -239,3 +255,31 @@ def conditional_medians(sessions: Sessions, first_track_cdf: DurationCdf) -> np.
         p = ndtr((np.log(mid + 0.5) - sessions.mu) / SIGMA) * first_track_cdf(sessions.user, mid)
         low, high = np.where(p >= 0.5, low, mid), np.where(p >= 0.5, mid, high)
     return high
+
+
+@dataclass(frozen=True)
+class Mechanics:
+    """A session-level law: who listens, when sessions start, how long they last, exact medians.
+
+    Everything else (catalog, libraries, plays, files) is shared by every law, so two laws differ
+    only in what a model has to learn.
+    """
+
+    name: str
+    draw_users: Callable[[np.random.Generator, np.ndarray, np.ndarray], Users]
+    plan_starts: Callable[[np.random.Generator, Users], tuple[np.ndarray, np.ndarray]]
+    simulate_sessions: Callable[..., Sessions]
+    conditional_medians: Callable[[Sessions, DurationCdf], np.ndarray]
+    mean_length_s: Callable[[Users], np.ndarray]
+    types: int  # planted listener types (users.csv archetype is in 0..types-1)
+    separated_types: bool  # False: types overlap by design, so their cluster ARI is not a target
+    parameters: dict[str, Any]  # recorded in the manifest
+
+
+STANDARD = Mechanics(
+    name="standard", draw_users=draw_users, plan_starts=plan_starts,
+    simulate_sessions=simulate_sessions, conditional_medians=conditional_medians,
+    mean_length_s=mean_length_s, types=len(ARCHETYPES), separated_types=True,
+    parameters={"sigma": SIGMA, "persistence": PERSISTENCE,
+                "archetypes": [a.name for a in ARCHETYPES]},
+)
