@@ -50,10 +50,11 @@ from utils.synthetic_catalog import Catalog, DurationCdf, Libraries, build_catal
 from utils.synthetic_names import COUNTRIES, STR, to_arrow
 from utils.synthetic_plays import civil_dates, expected_rows, mean_gap_s, session_plays, tsv_bytes
 from utils.synthetic_sessions import STANDARD, Mechanics, Sessions, Users, scale_history, thin_plan
+from utils.synthetic_variant import VARIANT
 
 __all__ = ["MECHANICS", "SynthReport", "format_calibration", "generate_dataset"]
 
-MECHANICS: dict[str, Mechanics] = {m.name: m for m in (STANDARD,)}
+MECHANICS: dict[str, Mechanics] = {m.name: m for m in (STANDARD, VARIANT)}
 
 GROUND_TRUTH = "ground_truth"
 GT_SESSIONS = "sessions.csv"
