@@ -12,10 +12,12 @@ import pytest
 from scipy import stats
 from test_synthetic import plays_with_durations, rule_sessions
 
+from utils import config
+from utils.cli import main
 from utils.columns import GT_SESSIONS_COLUMNS, GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
 from utils.errors import SessionlenError
 from utils.raw_reader import read_plays, read_profiles
-from utils.synthetic import GROUND_TRUTH, generate_dataset
+from utils.synthetic import GROUND_TRUTH, MECHANICS, generate_dataset
 from utils.synthetic_sessions import DATA_START_S, DAY_S, scale_history
 from utils.synthetic_variant import (
     CHECKIN_MEAN_S,
@@ -176,3 +178,12 @@ def test_unknown_mechanics_is_a_one_line_error(tmp_path):
         generate_dataset(tmp_path / "x", mechanics="nope")
     assert "\n" not in str(err.value) and not (tmp_path / "x").exists()
 
+
+def test_cli_and_config_know_every_law(tmp_path, capsys):
+    assert tuple(MECHANICS) == config.SYNTH_MECHANICS
+    assert config.synthetic_dir("demo", 1, "variant").name == "demo-1-variant"
+    assert config.synthetic_dir("demo", 1).name == "demo-1"
+    assert main(["synth", "--out", str(tmp_path / "d"), "--users", "3", "--mechanics",
+                 "variant"]) == 0
+    assert "k=3" in capsys.readouterr().out
+    assert '"mechanics": "variant"' in (tmp_path / "d" / "_manifest.json").read_text()
