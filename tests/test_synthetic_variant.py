@@ -185,5 +185,6 @@ def test_cli_and_config_know_every_law(tmp_path, capsys):
     assert config.synthetic_dir("demo", 1).name == "demo-1"
     assert main(["synth", "--out", str(tmp_path / "d"), "--users", "3", "--mechanics",
                  "variant"]) == 0
-    assert "k=3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(variant law)" in printed and "k=3" in printed
     assert '"mechanics": "variant"' in (tmp_path / "d" / "_manifest.json").read_text()

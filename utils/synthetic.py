@@ -124,7 +124,8 @@ def generate_dataset(out: Path, scale: str = "tiny", users: int | None = None,
                                   law.separated_types))
         report = SynthReport(out=out, scale=scale, users=n_users, seed=seed,
                              plays=int(counts["plays"]), sessions=len(sessions.user),
-                             seconds=time.perf_counter() - start, figures=figures)
+                             seconds=time.perf_counter() - start, figures=figures,
+                             mechanics=law.name)
         _write_calibration(tmp / GROUND_TRUTH / CALIBRATION, report)
         write_manifest(
             tmp, "synth", inputs=[],
