@@ -183,6 +183,8 @@ def test_cli_and_config_know_every_law(tmp_path, capsys):
     assert tuple(MECHANICS) == config.SYNTH_MECHANICS
     assert config.synthetic_dir("demo", 1, "variant").name == "demo-1-variant"
     assert config.synthetic_dir("demo", 1).name == "demo-1"
+    assert config.resolve_raw("demo", None, 1, "variant") == config.synthetic_dir("demo", 1,
+                                                                                 "variant")
     assert main(["synth", "--out", str(tmp_path / "d"), "--users", "3", "--mechanics",
                  "variant"]) == 0
     printed = capsys.readouterr().out

@@ -76,13 +76,13 @@ class ListenerType:
 
 
 TYPES = (
-    ListenerType("quick check-ins", 0.35, 1500.0, 1.7, 0.35, 1500.0,
+    ListenerType("quick check-ins", 0.35, 1700.0, 1.7, 0.35, 1500.0,
                  np.array([0.03, 0.15, 0.25, 0.22, 0.25, 0.10]),
                  np.array([0.0, 0.18, -0.12, -0.18, 0.15, 0.24]), 0.2, 0.9),
-    ListenerType("night owl", 0.30, 4800.0, 2.2, 0.15, 800.0,
+    ListenerType("night owl", 0.30, 5400.0, 2.2, 0.15, 800.0,
                  np.array([0.30, 0.03, 0.05, 0.12, 0.15, 0.35]),
                  np.array([0.27, 0.0, -0.24, -0.15, -0.06, 0.15]), 0.35, 1.3),
-    ListenerType("workday streamer", 0.35, 9000.0, 2.6, 0.10, 500.0,
+    ListenerType("workday streamer", 0.35, 10000.0, 2.6, 0.10, 500.0,
                  np.array([0.02, 0.08, 0.40, 0.35, 0.10, 0.05]),
                  np.array([-0.18, -0.12, 0.21, 0.18, -0.15, -0.24]), -0.45, 0.4),
 )
