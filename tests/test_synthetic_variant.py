@@ -18,10 +18,16 @@ from utils.columns import GT_SESSIONS_COLUMNS, GT_USERS_COLUMNS, PLAYS_FILE, PRO
 from utils.errors import SessionlenError
 from utils.raw_reader import read_plays, read_profiles
 from utils.synthetic import GROUND_TRUTH, MECHANICS, generate_dataset
-from utils.synthetic_sessions import DATA_START_S, DAY_S, scale_history
+from utils.synthetic_sessions import DATA_START_S, DAY_S, MAX_LENGTH_S, scale_history
 from utils.synthetic_variant import (
+    BLOCK_EFFECT,
     CHECKIN_MEAN_S,
+    GAP_EFFECT,
+    LAMBDA,
+    RHO,
     TYPES,
+    WEEKEND_EFFECT,
+    YEAR_S,
     VariantUsers,
     conditional_medians,
     draw_users,
@@ -173,6 +179,58 @@ def test_medians_are_medians_through_whole_histories():
     assert gaps.min() > 30 * 60
 
 
+def _first_sessions(users: VariantUsers, who: int, local_s: np.ndarray) -> np.ndarray:
+    """log a_k of first sessions of copies of `who` starting at these local times."""
+    copies = _copies(users, np.full(len(local_s), who))
+    start = local_s - copies.tz_hours * 3600
+    sessions = simulate_sessions(np.random.default_rng(0), copies, np.arange(len(start)), start,
+                                 np.full(len(start), 200), np.zeros(len(start), dtype=np.int64))
+    return sessions.mu
+
+
+def test_clock_acts_in_blocks_and_levels_drift():
+    people = _population(7, 30)
+    monday = DATA_START_S + 14 * 7 * DAY_S  # 2005-02-14 was a Monday; after every first day
+    hours = np.array([8 + 5 / 60, 11 + 55 / 60, 12 + 5 / 60])
+    local = np.r_[monday + np.rint(hours * 3600), monday + 5 * DAY_S + 8 * 3600,
+                  monday + 52 * 7 * DAY_S + 8 * 3600].astype(np.int64)
+    for who in (int(np.flatnonzero(people.archetype == kind)[0]) for kind in range(len(TYPES))):
+        kind = people.archetype[who]
+        drift = people.drift_per_year[who] * (local - local[0]) / YEAR_S
+        mu = _first_sessions(people, who, local) - drift
+        assert mu[0] == pytest.approx(mu[1])  # 08:05 and 11:55: one block
+        assert mu[2] - mu[1] == pytest.approx(BLOCK_EFFECT[kind, 3] - BLOCK_EFFECT[kind, 2])
+        assert mu[3] - mu[0] == pytest.approx(WEEKEND_EFFECT[kind])
+        assert mu[4] == pytest.approx(mu[0])  # a year on: the drift alone
+        assert abs(drift[4]) > 0.001
+
+
+def test_persistence_is_an_ewma_and_long_breaks_lengthen():
+    """Copies of one listener with the same plan: what differs is their earlier lengths."""
+    rng = np.random.default_rng(3)
+    people = _population(7, 30)
+    n = 2000
+    users = _copies(people, np.zeros(2 * n, dtype=np.int64))
+    day0 = DATA_START_S + 14 * 7 * DAY_S + 20 * 3600
+    later = np.where(np.arange(2 * n) < n, 3, 10) * DAY_S  # the second break: days or a week+
+    planned = np.column_stack([np.full(2 * n, day0), day0 + later, day0 + later + 7 * DAY_S])
+    owner = np.repeat(np.arange(2 * n), 3)
+    sessions = simulate_sessions(rng, users, owner, planned.ravel(), np.full(6 * n, 200),
+                                 np.zeros(6 * n, dtype=np.int64))
+    assert (sessions.start_s == planned.ravel()).all() and len(sessions.user) == 6 * n
+    mu = sessions.mu.reshape(-1, 3)
+    deviation = np.clip(np.log(sessions.length_s.reshape(-1, 3)) - mu, -2.5, 2.5)
+    state_2 = (1 - LAMBDA) * deviation[:, 0]
+    state_3 = LAMBDA * state_2 + (1 - LAMBDA) * deviation[:, 1]
+    rest_2, rest_3 = mu[:, 1] - RHO * state_2, mu[:, 2] - RHO * state_3
+    for part in (slice(0, n), slice(n, 2 * n)):
+        assert np.ptp(rest_2[part]) < 1e-9 and np.ptp(rest_3[part]) < 1e-9
+    drift = people.drift_per_year[0] * 7 * DAY_S / YEAR_S
+    assert rest_2[n] - rest_2[0] == pytest.approx(
+        people.gap_sensitivity[0] * (GAP_EFFECT[3] - GAP_EFFECT[2]) + drift)
+    assert sessions.length_s.max() <= MAX_LENGTH_S
+
+
 def test_unknown_mechanics_is_a_one_line_error(tmp_path):
     with pytest.raises(SessionlenError, match="mechanics='nope'") as err:
         generate_dataset(tmp_path / "x", mechanics="nope")
@@ -190,3 +248,11 @@ def test_cli_and_config_know_every_law(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "(variant law)" in printed and "k=3" in printed
     assert '"mechanics": "variant"' in (tmp_path / "d" / "_manifest.json").read_text()
+
+
+@pytest.mark.slow
+def test_demo_scale_difficulty(tmp_path):
+    report = generate_dataset(tmp_path / "demo", scale="demo", seed=1, mechanics="variant")
+    for f in report.figures:
+        if f.name.startswith(("user_mean", "oracle /", "users", "plays", "% dup")):
+            assert f.ok, f
