@@ -32,6 +32,7 @@ DAY_S = 86_400
 DATA_START_S = 1_108_339_200  # 2005-02-14T00:00:00Z, the real dataset's first day
 DATA_END_S = 1_241_481_599  # 2009-05-04T23:59:59Z, its last
 MIN_BREAK_S = 31 * 60  # between sessions: the 30-minute rule plus a one-minute margin
+WEEK_IDS = 1000  # week ids per user: more than any activity window has
 MAX_LENGTH_S = 16 * 3600  # caps the lognormal tail far above every median (medians unchanged)
 
 SIGMA = 0.9
@@ -165,28 +166,42 @@ def scale_history(users: Users, sessions_total: float) -> Users:
     return replace(users, planned_sessions=np.maximum(1, np.round(planned)).astype(np.int64))
 
 
+def day_grid(users: Users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner, local day number, week id) of every day of every user's window, user by user.
+
+    Week ids are unique across users (user * WEEK_IDS + week of the window).
+    """
+    first_day = (users.window_start_s + users.tz_hours * 3600) // DAY_S
+    days = np.maximum(1, (users.window_end_s - users.window_start_s) // DAY_S)
+    owner = np.repeat(np.arange(users.n), days)
+    day = first_day[owner] + np.arange(days.sum()) - np.repeat(np.cumsum(days) - days, days)
+    week = (day - first_day[owner]) // 7 + owner * WEEK_IDS
+    return owner, day, week
+
+
+def draw_days(rng: np.random.Generator, users: Users, owner: np.ndarray, weight: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(user, index into the day grid) of every planned session, days drawn by `weight`."""
+    days = np.bincount(owner, minlength=users.n)
+    within = np.cumsum(weight)
+    within = within - np.concatenate([[0.0], within])[np.cumsum(days) - days][owner]
+    within /= within[np.cumsum(days) - 1][owner]
+    who = np.repeat(np.arange(users.n), users.planned_sessions)
+    pos = InverseCdf(owner + within).find(who + rng.random(len(who)))
+    return who, np.clip(pos, (np.cumsum(days) - days)[who], np.cumsum(days)[who] - 1)
+
+
 def plan_starts(rng: np.random.Generator, users: Users) -> tuple[np.ndarray, np.ndarray]:
     """(user, planned start in UTC seconds) of every planned session, sorted by user and time.
 
     Days are drawn with the archetype's weekday weights times a per-week mood (listening comes in
     bursts), hours with the archetype's local-hour profile.
     """
-    first_day = (users.window_start_s + users.tz_hours * 3600) // DAY_S
-    days = np.maximum(1, (users.window_end_s - users.window_start_s) // DAY_S)
-    owner = np.repeat(np.arange(users.n), days)
-    day = first_day[owner] + np.arange(days.sum()) - np.repeat(np.cumsum(days) - days, days)
-    week = (day - first_day[owner]) // 7 + np.repeat(np.arange(users.n) * 1000, days)
+    owner, day, week = day_grid(users)
     mood = rng.gamma(2.0, 0.5, int(week.max()) + 1)[week]
     weekday = (day + 3) % 7  # 1970-01-01 was a Thursday
     weekday_weight = np.stack([a.weekdays for a in ARCHETYPES])[users.archetype[owner], weekday]
-    weight = weekday_weight * mood
-    within = np.cumsum(weight)
-    within = within - np.concatenate([[0.0], within])[np.cumsum(days) - days][owner]
-    within /= within[np.cumsum(days) - 1][owner]
-    planned = users.planned_sessions
-    who = np.repeat(np.arange(users.n), planned)
-    pos = InverseCdf(owner + within).find(who + rng.random(len(who)))
-    pos = np.clip(pos, (np.cumsum(days) - days)[who], np.cumsum(days)[who] - 1)
+    who, pos = draw_days(rng, users, owner, weekday_weight * mood)
     hour_cdf = np.cumsum(np.stack([a.hours for a in ARCHETYPES]), axis=1)
     u = rng.random(len(who))
     hour = (u[:, None] > hour_cdf[users.archetype[who]]).sum(axis=1)

@@ -27,16 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from utils.synthetic_catalog import DurationCdf, InverseCdf
+from utils.synthetic_catalog import DurationCdf
 from utils.synthetic_sessions import (
     DATA_END_S,
     DATA_START_S,
     DAY_S,
     MAX_LENGTH_S,
     MIN_BREAK_S,
+    WEEK_IDS,
     Mechanics,
     Sessions,
     Users,
+    day_grid,
+    draw_days,
     skip_habits,
 )
 
@@ -176,22 +179,14 @@ def plan_starts(rng: np.random.Generator, users: VariantUsers) -> tuple[np.ndarr
     Days are drawn by a weekly mood whose gamma shape is the user's burstiness (so return gaps
     differ by listener) times the type's weekend weight; hours by the type's 4-hour blocks.
     """
-    first_day = (users.window_start_s + users.tz_hours * 3600) // DAY_S
-    days = np.maximum(1, (users.window_end_s - users.window_start_s) // DAY_S)
-    owner = np.repeat(np.arange(users.n), days)
-    day = first_day[owner] + np.arange(days.sum()) - np.repeat(np.cumsum(days) - days, days)
-    week = (day - first_day[owner]) // 7 + np.repeat(np.arange(users.n) * 1000, days)
-    shape_of_week = np.repeat(users.burstiness, 1000)[: int(week.max()) + 1]
+    owner, day, week = day_grid(users)
+    shape_of_week = np.repeat(users.burstiness, WEEK_IDS)[: int(week.max()) + 1]
     mood = rng.gamma(shape_of_week, 1.0 / shape_of_week)[week]
     weekend = (day + 3) % 7 >= 5  # 1970-01-01 was a Thursday
     weekend_weight = np.array([t.weekend_weight for t in TYPES])[users.archetype[owner]]
+    # A small floor: with a small gamma shape a user's moods can all underflow to zero.
     weight = np.where(weekend, weekend_weight, 1.0) * mood + 1e-9
-    within = np.cumsum(weight)
-    within = within - np.concatenate([[0.0], within])[np.cumsum(days) - days][owner]
-    within /= within[np.cumsum(days) - 1][owner]
-    who = np.repeat(np.arange(users.n), users.planned_sessions)
-    pos = InverseCdf(owner + within).find(who + rng.random(len(who)))
-    pos = np.clip(pos, (np.cumsum(days) - days)[who], np.cumsum(days)[who] - 1)
+    who, pos = draw_days(rng, users, owner, weight)
     block_cdf = np.cumsum(np.stack([t.start_blocks for t in TYPES]), axis=1)
     block_cdf /= block_cdf[:, -1:]
     block = (rng.random(len(who))[:, None] > block_cdf[users.archetype[who]]).sum(axis=1)
