@@ -22,6 +22,7 @@ from utils.synthetic_sessions import DATA_START_S, DAY_S, MAX_LENGTH_S, scale_hi
 from utils.synthetic_variant import (
     BLOCK_EFFECT,
     CHECKIN_MEAN_S,
+    DEVIATION_CLIP,
     GAP_EFFECT,
     LAMBDA,
     RHO,
@@ -219,7 +220,8 @@ def test_persistence_is_an_ewma_and_long_breaks_lengthen():
                                  np.zeros(6 * n, dtype=np.int64))
     assert (sessions.start_s == planned.ravel()).all() and len(sessions.user) == 6 * n
     mu = sessions.mu.reshape(-1, 3)
-    deviation = np.clip(np.log(sessions.length_s.reshape(-1, 3)) - mu, -2.5, 2.5)
+    deviation = np.clip(np.log(sessions.length_s.reshape(-1, 3)) - mu, -DEVIATION_CLIP,
+                        DEVIATION_CLIP)
     state_2 = (1 - LAMBDA) * deviation[:, 0]
     state_3 = LAMBDA * state_2 + (1 - LAMBDA) * deviation[:, 1]
     rest_2, rest_3 = mu[:, 1] - RHO * state_2, mu[:, 2] - RHO * state_3

@@ -165,7 +165,7 @@ def _activity_windows(rng: np.random.Generator, registered_s: np.ndarray
     return start.astype(np.int64), np.maximum(end, start + 3 * DAY_S).astype(np.int64)
 
 
-def mean_length_s(users: Users) -> np.ndarray:
+def mean_length_s(users: VariantUsers) -> np.ndarray:
     """Rough expected session length of each user (sizes histories before simulating)."""
     checkin = expit(users.checkin_logit)
     shape = np.maximum(users.shape, 1.2)  # the log-logistic mean is finite for shape > 1
