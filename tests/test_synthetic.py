@@ -61,7 +61,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 @pytest.fixture(scope="module")
 def plays(tiny: tuple[Path, object]) -> pd.DataFrame:
     """The tiny plays with true durations and epoch milliseconds, in file order."""
-    out, _ = tiny
+    return plays_with_durations(tiny[0])
+
+
+def plays_with_durations(out: Path) -> pd.DataFrame:
+    """A generated dataset's plays with true durations and epoch milliseconds, in file order."""
     frame = _read_tsv(out / PLAYS_FILE)
     catalog = pd.read_csv(out / GROUND_TRUTH / "tracks.csv", dtype=str, keep_default_na=False)
     seconds = pd.Series(catalog["duration_ms"].astype(np.int64).to_numpy() / 1000.0,
@@ -72,7 +76,7 @@ def plays(tiny: tuple[Path, object]) -> pd.DataFrame:
     return frame
 
 
-def _rule_sessions(plays: pd.DataFrame, ties_reversed: bool) -> tuple[pd.DataFrame, np.ndarray]:
+def rule_sessions(plays: pd.DataFrame, ties_reversed: bool) -> tuple[pd.DataFrame, np.ndarray]:
     """Sessions by the session rule on oldest-first plays (tied rows in either order)."""
     order = plays.assign(row=np.arange(len(plays))).sort_values(
         ["user", "ms", "row"], ascending=[True, True, ties_reversed], kind="stable")
@@ -148,13 +152,13 @@ def test_ground_truth_is_exactly_what_the_session_rule_measures(plays, tiny):
     truth = pd.read_csv(out / GROUND_TRUTH / "sessions.csv", dtype={"user_id": str})
     assert list(truth.columns) == GT_SESSIONS_COLUMNS and len(truth) == report.sessions
     for ties_reversed in (False, True):
-        measured, _ = _rule_sessions(plays, ties_reversed)
+        measured, _ = rule_sessions(plays, ties_reversed)
         pd.testing.assert_frame_equal(
             measured, truth[["user_id", "start_ms", "length_s"]].astype({"length_s": float}))
 
 
 def test_sessions_are_unambiguous(plays):
-    sessions, starts = _rule_sessions(plays, ties_reversed=False)
+    sessions, starts = rule_sessions(plays, ties_reversed=False)
     order = plays.sort_values(["user", "ms"], kind="stable")
     ms, duration = order["ms"].to_numpy(), order["duration_s"].to_numpy()
     inside = ~starts[1:]

@@ -46,10 +46,17 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spark-master", default=None, help="Spark master URL (default local[*])")
 
 
+def _add_mechanics(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mechanics", choices=list(config.SYNTH_MECHANICS),
+                        default=config.SYNTH_MECHANICS[0],
+                        help="session-level law of generated synthetic data")
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from utils.synthetic import format_calibration, generate_dataset
 
-    report = generate_dataset(args.out, scale=args.scale, users=args.users, seed=args.seed)
+    report = generate_dataset(args.out, scale=args.scale, users=args.users, seed=args.seed,
+                              mechanics=args.mechanics)
     print(format_calibration(report))
     print(f"synthetic dataset written to {args.out}")
 
@@ -116,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from utils.runner import run_pipeline
 
     run_pipeline(raw=args.raw, work=args.work, scale=args.scale, engine=args.engine,
-                 seed=args.seed)
+                 seed=args.seed, mechanics=args.mechanics)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -149,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=_positive_int, default=None)
     p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     p.add_argument("--scale", choices=list(config.SCALES), default="tiny")
+    _add_mechanics(p)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("download", help="download and verify the real Last.fm 1K dataset")
@@ -210,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=list(config.SCALES), default="demo")
     p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     p.add_argument("--engine", choices=["local", "spark"], default="local")
+    _add_mechanics(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="rebuild WORK/results/report.md from experiments.csv")

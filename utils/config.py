@@ -19,6 +19,8 @@ WORK_ROOT = PROJECT_ROOT / "work"
 STAGE_FOLDERS = ("data_processing", "baseline", "models_with_clusters")
 
 DEFAULT_SEED = 1
+# Session-level laws of the synthetic generator (utils.synthetic.MECHANICS), default first.
+SYNTH_MECHANICS = ("standard", "variant")
 SESSION_GAP_MINUTES = 30.0
 LASTFM_API_URL = "http://ws.audioscrobbler.com/2.0/"
 API_KEY_ENV = "LASTFM_API_KEY"
@@ -63,9 +65,11 @@ def get_scale(name: str) -> Scale:
     return SCALES[name]
 
 
-def synthetic_dir(scale: str, seed: int = DEFAULT_SEED) -> Path:
-    """Where `make run` generates raw synthetic data for a scale and seed."""
-    return SYNTHETIC_ROOT / f"{scale}-{seed}"
+def synthetic_dir(scale: str, seed: int = DEFAULT_SEED, mechanics: str = SYNTH_MECHANICS[0]
+                  ) -> Path:
+    """Where `make run` generates raw synthetic data for a scale, seed and generator law."""
+    suffix = "" if mechanics == SYNTH_MECHANICS[0] else f"-{mechanics}"
+    return SYNTHETIC_ROOT / f"{scale}-{seed}{suffix}"
 
 
 def resolve_work(scale: str, work_dir: str | Path | None = None) -> Path:
@@ -74,14 +78,19 @@ def resolve_work(scale: str, work_dir: str | Path | None = None) -> Path:
     return Path(work_dir) if work_dir else WORK_ROOT / scale
 
 
-def resolve_raw(scale: str, raw_dir: str | Path | None = None, seed: int = DEFAULT_SEED) -> Path:
-    """The raw data: `raw_dir` when given, else the real dataset if present, else synthetic."""
+def resolve_raw(scale: str, raw_dir: str | Path | None = None, seed: int = DEFAULT_SEED,
+                mechanics: str = SYNTH_MECHANICS[0]) -> Path:
+    """The raw data: `raw_dir` when given, else the real dataset if present, else synthetic.
+
+    Asking for a non-default generator law asks for synthetic data, real data present or not.
+    """
     get_scale(scale)
     if raw_dir:
         return Path(raw_dir)
-    if (REAL_RAW_DIR / "userid-timestamp-artid-artname-traid-traname.tsv").is_file():
+    real = (REAL_RAW_DIR / "userid-timestamp-artid-artname-traid-traname.tsv").is_file()
+    if real and mechanics == SYNTH_MECHANICS[0]:
         return REAL_RAW_DIR
-    return synthetic_dir(scale, seed)
+    return synthetic_dir(scale, seed, mechanics)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ KERNEL_NAME = "sessionlen"
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
-def prepare_raw(scale: str, raw_dir: str | Path | None = None, seed: int = config.DEFAULT_SEED
-                ) -> Path:
+def prepare_raw(scale: str, raw_dir: str | Path | None = None, seed: int = config.DEFAULT_SEED,
+                mechanics: str = config.SYNTH_MECHANICS[0]) -> Path:
     """The raw data directory for a run, generating the synthetic dataset if it is the default."""
-    raw = config.resolve_raw(scale, raw_dir, seed)
+    raw = config.resolve_raw(scale, raw_dir, seed, mechanics)
     if raw_dir:
         if not (raw / columns.PLAYS_FILE).is_file():
             raise SessionlenError(f"{raw}: no {columns.PLAYS_FILE} in the raw data directory")
@@ -31,7 +31,8 @@ def prepare_raw(scale: str, raw_dir: str | Path | None = None, seed: int = confi
         from utils.synthetic import format_calibration, generate_dataset
 
         print(f"generating the synthetic {scale} dataset (seed {seed}) in {raw}", flush=True)
-        print(format_calibration(generate_dataset(raw, scale=scale, seed=seed)), flush=True)
+        print(format_calibration(generate_dataset(raw, scale=scale, seed=seed,
+                                                  mechanics=mechanics)), flush=True)
     return raw
 
 
@@ -106,6 +107,7 @@ def run_pipeline(
     engine: str = "local",
     seed: int = config.DEFAULT_SEED,
     notebooks: list[Path] | None = None,
+    mechanics: str = config.SYNTH_MECHANICS[0],
 ) -> RunPaths:
     """Execute the notebooks in order; stop at the first failure naming the notebook and error."""
     import papermill
@@ -113,7 +115,7 @@ def run_pipeline(
     from papermill.exceptions import PapermillExecutionError
 
     scale_cfg = config.get_scale(scale)
-    raw_path = prepare_raw(scale, raw, seed)
+    raw_path = prepare_raw(scale, raw, seed, mechanics)
     layout = config.WorkLayout(config.resolve_work(scale, work))
     paths = RunPaths(raw_path, layout.root, layout.notebooks, layout.figures, layout.experiments,
                      layout.results / "report.md")

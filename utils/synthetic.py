@@ -49,22 +49,12 @@ from utils.synthetic_calibration import (
 from utils.synthetic_catalog import Catalog, DurationCdf, Libraries, build_catalog, build_libraries
 from utils.synthetic_names import COUNTRIES, STR, to_arrow
 from utils.synthetic_plays import civil_dates, expected_rows, mean_gap_s, session_plays, tsv_bytes
-from utils.synthetic_sessions import (
-    ARCHETYPES,
-    LEVEL,
-    PERSISTENCE,
-    SIGMA,
-    Sessions,
-    Users,
-    conditional_medians,
-    draw_users,
-    plan_starts,
-    scale_history,
-    simulate_sessions,
-    thin_plan,
-)
+from utils.synthetic_sessions import STANDARD, Mechanics, Sessions, Users, scale_history, thin_plan
+from utils.synthetic_variant import VARIANT
 
-__all__ = ["SynthReport", "format_calibration", "generate_dataset"]
+__all__ = ["MECHANICS", "SynthReport", "format_calibration", "generate_dataset"]
+
+MECHANICS: dict[str, Mechanics] = {m.name: m for m in (STANDARD, VARIANT)}
 
 GROUND_TRUTH = "ground_truth"
 GT_SESSIONS = "sessions.csv"
@@ -106,17 +96,21 @@ class Listening:
 
 
 def generate_dataset(out: Path, scale: str = "tiny", users: int | None = None,
-                     seed: int = 1) -> SynthReport:
-    """Generate a synthetic dataset into `out` (replaced atomically) and report its calibration."""
+                     seed: int = 1, mechanics: str = "standard") -> SynthReport:
+    """Generate a synthetic dataset into `out` (replaced atomically) and report its calibration.
+
+    `mechanics` picks the session-level law (MECHANICS); the file formats are the same for all.
+    """
     start = time.perf_counter()
     n_users, plays_factor = _resolve_size(scale, users, seed)
+    law = _resolve_mechanics(mechanics)
     out = Path(out)
     _check_out(out)
     rng = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
     share = n_users / REAL_USERS * plays_factor
     catalog = build_catalog(rng[0], share)
     profiles = _draw_profiles(rng[1], n_users)
-    world = _simulate(rng[2], rng[3], rng[4], catalog, profiles, REAL_PLAYS * share)
+    world = _simulate(law, rng[2:5], catalog, profiles, REAL_PLAYS * share)
     user_ids = np.strings.add("user_", np.strings.zfill(np.arange(1, n_users + 1).astype(str), 6))
     with atomic_dir(out) as tmp:
         counts, rows = _write_plays(tmp / PLAYS_FILE, rng[5], catalog, world, to_arrow(user_ids))
@@ -126,13 +120,16 @@ def generate_dataset(out: Path, scale: str = "tiny", users: int | None = None,
         figures = (*count_figures(counts, n_users, share),
                    *difficulty_figures(sessions.user, sessions.length_s, world.medians),
                    cluster_figure(sessions.user, sessions.length_s, rows,
-                                  world.people.archetype, len(ARCHETYPES), plays_factor, seed))
+                                  world.people.archetype, law.types, plays_factor, seed,
+                                  law.separated_types))
         report = SynthReport(out=out, scale=scale, users=n_users, seed=seed,
                              plays=int(counts["plays"]), sessions=len(sessions.user),
-                             seconds=time.perf_counter() - start, figures=figures)
+                             seconds=time.perf_counter() - start, figures=figures,
+                             mechanics=law.name)
         _write_calibration(tmp / GROUND_TRUTH / CALIBRATION, report)
         write_manifest(
-            tmp, "synth", inputs=[], parameters=_parameters(scale, n_users, plays_factor, seed),
+            tmp, "synth", inputs=[],
+            parameters=_parameters(law, scale, n_users, plays_factor, seed),
             rows_in=report.plays, rows_out=report.plays, rows_rejected=0,
             outputs=[PLAYS_FILE, PROFILE_FILE, *(f"{GROUND_TRUTH}/{name}" for name in (
                 GT_SESSIONS, GT_TRACKS, GT_USERS, CALIBRATION))],
@@ -141,29 +138,32 @@ def generate_dataset(out: Path, scale: str = "tiny", users: int | None = None,
     return report
 
 
-def _simulate(rng_users: np.random.Generator, rng_libraries: np.random.Generator,
-              rng_sessions: np.random.Generator, catalog: Catalog, profiles: Profiles,
-              target_rows: float) -> Listening:
-    """Listeners, their libraries and sessions, sized to make about `target_rows` plays."""
-    people = draw_users(rng_users, profiles.tz_hours, profiles.registered_s)
+def _simulate(law: Mechanics, rngs: list[np.random.Generator], catalog: Catalog,
+              profiles: Profiles, target_rows: float) -> Listening:
+    """Listeners, their libraries and sessions, sized to make about `target_rows` plays.
+
+    `rngs` are the users', libraries' and sessions' generators, in that order.
+    """
+    rng_users, rng_libraries, rng_sessions = rngs
+    people = law.draw_users(rng_users, profiles.tz_hours, profiles.registered_s)
     gap = mean_gap_s(people.skip_prob, people.skip_heard, catalog.mean_duration_s)
-    rows_per_session = _planned_rows_per_session(people, gap, catalog.mean_duration_s)
+    rows_per_session = _planned_rows_per_session(law, people, gap, catalog.mean_duration_s)
     need = HEADROOM * target_rows / np.dot(people.planned_sessions, rows_per_session)
     people = scale_history(people, need * people.planned_sessions.sum())
     libraries = build_libraries(rng_libraries, catalog, _library_sizes(
         people.planned_sessions * rows_per_session))
-    owner, planned = plan_starts(rng_sessions, people)
+    owner, planned = law.plan_starts(rng_sessions, people)
     first = libraries.draw(rng_sessions, owner)
     # A pilot run measures how many rows the plan makes; a random share of it is then kept.
-    pilot = simulate_sessions(rng_sessions, people, owner, planned, catalog.duration_s[first],
+    pilot = law.simulate_sessions(rng_sessions, people, owner, planned, catalog.duration_s[first],
                               first)
     keep = thin_plan(rng_sessions, owner,
                      min(1.0, target_rows / _expected_rows(pilot, catalog, gap)))
     owner, planned, first = owner[keep], planned[keep], first[keep]
-    sessions = simulate_sessions(rng_sessions, people, owner, planned, catalog.duration_s[first],
-                                 first)
+    sessions = law.simulate_sessions(rng_sessions, people, owner, planned,
+                                     catalog.duration_s[first], first)
     return Listening(people=people, libraries=libraries, gap_s=gap, sessions=sessions,
-                     medians=conditional_medians(sessions, DurationCdf(libraries, catalog)))
+                     medians=law.conditional_medians(sessions, DurationCdf(libraries, catalog)))
 
 
 def _resolve_size(scale: str, users: int | None, seed: int) -> tuple[int, float]:
@@ -176,6 +176,13 @@ def _resolve_size(scale: str, users: int | None, seed: int) -> tuple[int, float]
     return (users or chosen.users), chosen.plays_factor
 
 
+def _resolve_mechanics(name: str) -> Mechanics:
+    """The session-level law called `name`, or a one-line error listing the known ones."""
+    if name not in MECHANICS:
+        raise SessionlenError(f"mechanics={name!r}: must be one of {', '.join(MECHANICS)}")
+    return MECHANICS[name]
+
+
 def _check_out(out: Path) -> None:
     """Refuse to replace anything but an earlier synthetic dataset (or an empty directory)."""
     if out.exists() and not out.is_dir():
@@ -185,11 +192,11 @@ def _check_out(out: Path) -> None:
                               f"replace it (choose a new or empty directory)")
 
 
-def _parameters(scale: str, users: int, plays_factor: float, seed: int) -> dict[str, Any]:
+def _parameters(law: Mechanics, scale: str, users: int, plays_factor: float, seed: int
+                ) -> dict[str, Any]:
     """The manifest's record of what was generated."""
     return {"scale": scale, "users": users, "plays_factor": plays_factor, "seed": seed,
-            "sigma": SIGMA, "persistence": PERSISTENCE,
-            "archetypes": [a.name for a in ARCHETYPES]}
+            "mechanics": law.name, **law.parameters}
 
 
 def _expected_rows(sessions: Sessions, catalog: Catalog, gap_s: np.ndarray) -> float:
@@ -199,12 +206,11 @@ def _expected_rows(sessions: Sessions, catalog: Catalog, gap_s: np.ndarray) -> f
                                catalog.mean_duration_s).sum())
 
 
-def _planned_rows_per_session(people: Users, gap_s: np.ndarray, mean_duration_s: float
-                              ) -> np.ndarray:
+def _planned_rows_per_session(law: Mechanics, people: Users, gap_s: np.ndarray,
+                              mean_duration_s: float) -> np.ndarray:
     """Rough expected rows per session of each user, to size histories before simulating."""
-    spread = SIGMA**2 / (1 - PERSISTENCE**2)
-    mean_length = np.exp(LEVEL[people.archetype] + people.effect + spread / 2)
-    return expected_rows(mean_length, np.zeros(people.n, dtype=bool), gap_s, mean_duration_s)
+    return expected_rows(law.mean_length_s(people), np.zeros(people.n, dtype=bool), gap_s,
+                         mean_duration_s)
 
 
 def _library_sizes(expected_rows_per_user: np.ndarray) -> np.ndarray:

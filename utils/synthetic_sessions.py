@@ -19,7 +19,9 @@ F_u(x) with F_u the user's first-track duration law, and the smallest whole x wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
@@ -30,6 +32,7 @@ DAY_S = 86_400
 DATA_START_S = 1_108_339_200  # 2005-02-14T00:00:00Z, the real dataset's first day
 DATA_END_S = 1_241_481_599  # 2009-05-04T23:59:59Z, its last
 MIN_BREAK_S = 31 * 60  # between sessions: the 30-minute rule plus a one-minute margin
+WEEK_IDS = 1000  # week ids per user: more than any activity window has
 MAX_LENGTH_S = 16 * 3600  # caps the lognormal tail far above every median (medians unchanged)
 
 SIGMA = 0.9
@@ -110,7 +113,7 @@ class Sessions:
 
     def take(self, keep: np.ndarray) -> Sessions:
         """The sessions selected by a mask or index array."""
-        return Sessions(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
+        return type(self)(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
 
 
 def draw_users(
@@ -131,16 +134,30 @@ def draw_users(
     span_days = (end - start) / DAY_S
     relative = np.array([a.sessions for a in ARCHETYPES])[archetype]
     planned = relative * np.exp(rng.normal(0.0, HISTORY_SD, n)) * np.minimum(1.0, span_days / 300)
-    # Most listen to whole tracks; a few scan through them (many plays per hour of listening),
-    # which gives the heavy right tail of plays per user without touching session lengths.
-    habit = rng.choice(4, size=n, p=[0.6, 0.22, 0.13, 0.05])
-    low = np.array([[0.02, 0.15], [0.12, 0.1], [0.4, 0.05], [0.85, 0.04]])[habit]
-    high = np.array([[0.12, 0.35], [0.4, 0.3], [0.85, 0.25], [0.97, 0.1]])[habit]
-    skip_prob, skip_heard = rng.uniform(low, high).T
+    skip_prob, skip_heard = skip_habits(rng, n)
     return Users(archetype=archetype, effect=rng.normal(0.0, USER_EFFECT_SD, n),
                  tz_hours=tz_hours, window_start_s=start.astype(np.int64),
                  window_end_s=end.astype(np.int64), planned_sessions=planned,
                  skip_prob=skip_prob, skip_heard=skip_heard)
+
+
+def skip_habits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(skip_prob, skip_heard) of n listeners.
+
+    Most listen to whole tracks; a few scan through them (many plays per hour of listening),
+    which gives the heavy right tail of plays per user without touching session lengths.
+    """
+    habit = rng.choice(4, size=n, p=[0.6, 0.22, 0.13, 0.05])
+    low = np.array([[0.02, 0.15], [0.12, 0.1], [0.4, 0.05], [0.85, 0.04]])[habit]
+    high = np.array([[0.12, 0.35], [0.4, 0.3], [0.85, 0.25], [0.97, 0.1]])[habit]
+    skip_prob, skip_heard = rng.uniform(low, high).T
+    return skip_prob, skip_heard
+
+
+def mean_length_s(users: Users) -> np.ndarray:
+    """Rough expected session length of each user (sizes histories before simulating)."""
+    spread = SIGMA**2 / (1 - PERSISTENCE**2)
+    return np.exp(LEVEL[users.archetype] + users.effect + spread / 2)
 
 
 def scale_history(users: Users, sessions_total: float) -> Users:
@@ -149,28 +166,42 @@ def scale_history(users: Users, sessions_total: float) -> Users:
     return replace(users, planned_sessions=np.maximum(1, np.round(planned)).astype(np.int64))
 
 
+def day_grid(users: Users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner, local day number, week id) of every day of every user's window, user by user.
+
+    Week ids are unique across users (user * WEEK_IDS + week of the window).
+    """
+    first_day = (users.window_start_s + users.tz_hours * 3600) // DAY_S
+    days = np.maximum(1, (users.window_end_s - users.window_start_s) // DAY_S)
+    owner = np.repeat(np.arange(users.n), days)
+    day = first_day[owner] + np.arange(days.sum()) - np.repeat(np.cumsum(days) - days, days)
+    week = (day - first_day[owner]) // 7 + owner * WEEK_IDS
+    return owner, day, week
+
+
+def draw_days(rng: np.random.Generator, users: Users, owner: np.ndarray, weight: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(user, index into the day grid) of every planned session, days drawn by `weight`."""
+    days = np.bincount(owner, minlength=users.n)
+    within = np.cumsum(weight)
+    within = within - np.concatenate([[0.0], within])[np.cumsum(days) - days][owner]
+    within /= within[np.cumsum(days) - 1][owner]
+    who = np.repeat(np.arange(users.n), users.planned_sessions)
+    pos = InverseCdf(owner + within).find(who + rng.random(len(who)))
+    return who, np.clip(pos, (np.cumsum(days) - days)[who], np.cumsum(days)[who] - 1)
+
+
 def plan_starts(rng: np.random.Generator, users: Users) -> tuple[np.ndarray, np.ndarray]:
     """(user, planned start in UTC seconds) of every planned session, sorted by user and time.
 
     Days are drawn with the archetype's weekday weights times a per-week mood (listening comes in
     bursts), hours with the archetype's local-hour profile.
     """
-    first_day = (users.window_start_s + users.tz_hours * 3600) // DAY_S
-    days = np.maximum(1, (users.window_end_s - users.window_start_s) // DAY_S)
-    owner = np.repeat(np.arange(users.n), days)
-    day = first_day[owner] + np.arange(days.sum()) - np.repeat(np.cumsum(days) - days, days)
-    week = (day - first_day[owner]) // 7 + np.repeat(np.arange(users.n) * 1000, days)
+    owner, day, week = day_grid(users)
     mood = rng.gamma(2.0, 0.5, int(week.max()) + 1)[week]
     weekday = (day + 3) % 7  # 1970-01-01 was a Thursday
     weekday_weight = np.stack([a.weekdays for a in ARCHETYPES])[users.archetype[owner], weekday]
-    weight = weekday_weight * mood
-    within = np.cumsum(weight)
-    within = within - np.concatenate([[0.0], within])[np.cumsum(days) - days][owner]
-    within /= within[np.cumsum(days) - 1][owner]
-    planned = users.planned_sessions
-    who = np.repeat(np.arange(users.n), planned)
-    pos = InverseCdf(owner + within).find(who + rng.random(len(who)))
-    pos = np.clip(pos, (np.cumsum(days) - days)[who], np.cumsum(days)[who] - 1)
+    who, pos = draw_days(rng, users, owner, weekday_weight * mood)
     hour_cdf = np.cumsum(np.stack([a.hours for a in ARCHETYPES]), axis=1)
     u = rng.random(len(who))
     hour = (u[:, None] > hour_cdf[users.archetype[who]]).sum(axis=1)
@@ -239,3 +270,31 @@ def conditional_medians(sessions: Sessions, first_track_cdf: DurationCdf) -> np.
         p = ndtr((np.log(mid + 0.5) - sessions.mu) / SIGMA) * first_track_cdf(sessions.user, mid)
         low, high = np.where(p >= 0.5, low, mid), np.where(p >= 0.5, mid, high)
     return high
+
+
+@dataclass(frozen=True)
+class Mechanics:
+    """A session-level law: who listens, when sessions start, how long they last, exact medians.
+
+    Everything else (catalog, libraries, plays, files) is shared by every law, so two laws differ
+    only in what a model has to learn.
+    """
+
+    name: str
+    draw_users: Callable[[np.random.Generator, np.ndarray, np.ndarray], Users]
+    plan_starts: Callable[[np.random.Generator, Users], tuple[np.ndarray, np.ndarray]]
+    simulate_sessions: Callable[..., Sessions]
+    conditional_medians: Callable[[Sessions, DurationCdf], np.ndarray]
+    mean_length_s: Callable[[Users], np.ndarray]
+    types: int  # planted listener types (users.csv archetype is in 0..types-1)
+    separated_types: bool  # False: types overlap by design, so their cluster ARI is not a target
+    parameters: dict[str, Any]  # recorded in the manifest
+
+
+STANDARD = Mechanics(
+    name="standard", draw_users=draw_users, plan_starts=plan_starts,
+    simulate_sessions=simulate_sessions, conditional_medians=conditional_medians,
+    mean_length_s=mean_length_s, types=len(ARCHETYPES), separated_types=True,
+    parameters={"sigma": SIGMA, "persistence": PERSISTENCE,
+                "archetypes": [a.name for a in ARCHETYPES]},
+)
