@@ -46,6 +46,7 @@ from utils.profiles import load_profiles
 from utils.results import append_experiments, utc_now
 from utils.stage_io import write_manifest
 from utils.summaries import load_user_ids
+from utils.work_lock import stage_lock
 
 STAGE = "clusters"
 MANIFEST_STAGE = "cluster_models"
@@ -344,17 +345,18 @@ def per_cluster_table(run: ClusterExperiment) -> pd.DataFrame:
 def record_cluster_results(run: ClusterExperiment, table: pd.DataFrame) -> Path:
     """Append every row (stage clusters) to experiments.csv and record the stage manifest."""
     rows = table.assign(run_id=run.base.run_id, finished_at=utc_now(), stage=STAGE)
-    path = append_experiments(run.base.work, rows[C.EXPERIMENT_COLUMNS])
     layout = WorkLayout(run.base.work)
     n_test = int(table["n_test"].iloc[0])
-    write_manifest(
-        layout.results, MANIFEST_STAGE,
-        inputs=[layout.summary_dir, layout.user_profile_cluster],
-        parameters={"run_id": run.base.run_id, "model": run.model, **run.params.to_dict()},
-        rows_in=n_test, rows_out=n_test, rows_rejected=0,
-        outputs=[layout.experiments.name],
-        timings={"train": float(table["train_seconds"].sum())},
-    )
+    with stage_lock(layout.results, exclusive=True):
+        path = append_experiments(run.base.work, rows[C.EXPERIMENT_COLUMNS])
+        write_manifest(
+            layout.results, MANIFEST_STAGE,
+            inputs=[layout.summary_dir, layout.user_profile_cluster],
+            parameters={"run_id": run.base.run_id, "model": run.model, **run.params.to_dict()},
+            rows_in=n_test, rows_out=n_test, rows_rejected=0,
+            outputs=[layout.experiments.name],
+            timings={"train": float(table["train_seconds"].sum())},
+        )
     return path
 
 

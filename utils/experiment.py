@@ -27,6 +27,7 @@ from utils.features import FeatureSet, build_feature_set
 from utils.results import append_experiments, new_run_id, utc_now
 from utils.stage_io import write_manifest
 from utils.summaries import load_summaries, load_user_ids
+from utils.work_lock import stage_lock
 
 STAGE = "baseline"
 MANIFEST_STAGE = "baseline_models"
@@ -194,15 +195,16 @@ def best_model(table: pd.DataFrame, kinds: tuple[str, ...] = ("network", "lightg
 def record_results(experiment: Experiment, table: pd.DataFrame) -> Path:
     """Append every model's row to WORK/results/experiments.csv and record the stage manifest."""
     rows = table.assign(run_id=experiment.run_id, finished_at=utc_now(), stage=STAGE)
-    path = append_experiments(experiment.work, rows[C.EXPERIMENT_COLUMNS])
     layout = WorkLayout(experiment.work)
     n_test = int(table["n_test"].iloc[0])
-    write_manifest(
-        layout.results, MANIFEST_STAGE, inputs=[layout.summary_dir],
-        parameters={"run_id": experiment.run_id, "models": list(table["label"])},
-        rows_in=n_test, rows_out=n_test, rows_rejected=0,
-        outputs=[layout.experiments.name], timings={"train": float(table["train_seconds"].sum())},
-    )
+    with stage_lock(layout.results, exclusive=True):
+        path = append_experiments(experiment.work, rows[C.EXPERIMENT_COLUMNS])
+        write_manifest(
+            layout.results, MANIFEST_STAGE, inputs=[layout.summary_dir],
+            parameters={"run_id": experiment.run_id, "models": list(table["label"])},
+            rows_in=n_test, rows_out=n_test, rows_rejected=0, outputs=[layout.experiments.name],
+            timings={"train": float(table["train_seconds"].sum())},
+        )
     return path
 
 

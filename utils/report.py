@@ -20,6 +20,7 @@ from utils.errors import SessionlenError
 from utils.plots import save_figure
 from utils.results import load_experiments, utc_now
 from utils.stage_io import atomic_file
+from utils.work_lock import locked_stage
 
 REPORT_FILE = "report.md"
 TIMELINE_FILE = "results_timeline.png"
@@ -173,6 +174,7 @@ def report_text(experiments: pd.DataFrame, figures: list[Path], raw: str | Path 
     return "\n".join(lines) + "\n"
 
 
+@locked_stage("results")
 def write_report(work: str | Path, raw: str | Path | None = None) -> Path:
     """Redraw the timeline and write WORK/results/report.md atomically; return its path."""
     layout = WorkLayout(Path(work))

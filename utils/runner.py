@@ -11,6 +11,7 @@ from typing import Any
 
 from utils import columns, config
 from utils.errors import SessionlenError
+from utils.work_lock import acting_as
 
 NOTEBOOK_NAME = re.compile(r"^(\d+)_.+\.ipynb$")
 KERNEL_NAME = "python3"
@@ -94,11 +95,12 @@ def run_pipeline(
         started = time.perf_counter()
         print(f"running {notebook.parent.name}/{notebook.name} ...", flush=True)
         try:
-            papermill.execute_notebook(
-                str(notebook), str(target), parameters=notebook_parameters(notebook, injected),
-                kernel_name=KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False,
-                log_output=False, extra_arguments=KERNEL_ARGUMENTS,
-            )
+            with acting_as(f"sessionlen run: {notebook.parent.name}/{notebook.name}"):
+                papermill.execute_notebook(
+                    str(notebook), str(target), parameters=notebook_parameters(notebook, injected),
+                    kernel_name=KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False,
+                    log_output=False, extra_arguments=KERNEL_ARGUMENTS,
+                )
         except PapermillExecutionError as exc:
             raise SessionlenError(
                 f"notebook {notebook.parent.name}/{notebook.name} failed in cell "
