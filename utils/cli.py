@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from utils.runner import run_pipeline
 
     run_pipeline(raw=args.raw, work=args.work, scale=args.scale, engine=args.engine,
-                 seed=args.seed)
+                 seed=args.seed, strict=args.strict)
 
 
 def cmd_fake_api(args: argparse.Namespace) -> None:
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=list(config.SCALES), default="demo")
     p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     p.add_argument("--engine", choices=["local", "spark"], default="local")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when the data is too small for a notebook instead of skipping it")
     _add_no_wait(p)
     p.set_defaults(func=cmd_run)
 

@@ -38,6 +38,10 @@ class OutputWriteError(SessionlenError):
     """A stage output could not be written for a reason the user can fix (disk full, read-only)."""
 
 
+class DatasetTooSmallError(SessionlenError):
+    """The data is valid but too small for a stage: the pipeline runner skips that notebook."""
+
+
 class WorkBusyError(SessionlenError):
     """Another process holds the lock of a WORK stage and this one was told not to wait."""
 

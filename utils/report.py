@@ -19,6 +19,7 @@ from utils.config import WorkLayout
 from utils.errors import SessionlenError
 from utils.plots import save_figure
 from utils.results import load_experiments, utc_now
+from utils.skips import read_skips, skipped_section
 from utils.stage_io import atomic_file
 from utils.work_lock import locked_stage
 
@@ -33,6 +34,7 @@ MAX_LABELLED = 60
 TABLE_COLUMNS = ["stage", "model", "n_test", "mae_s", "rmse_s", "normalized_mae",
                  "headroom_captured", "train_seconds"]
 GROUND_TRUTH = "ground_truth"
+NO_RESULTS = "# sessionlen — results\n\nNo experiment recorded yet.\n\n"
 
 
 def plot_results_timeline(experiments: pd.DataFrame) -> Figure:
@@ -179,12 +181,19 @@ def write_report(work: str | Path, raw: str | Path | None = None) -> Path:
     """Redraw the timeline and write WORK/results/report.md atomically; return its path."""
     layout = WorkLayout(Path(work))
     experiments = load_experiments(layout.root)
-    if experiments.empty:
+    skipped = read_skips(layout.root)
+    if experiments.empty and not skipped:
         raise SessionlenError(f"{layout.experiments}: no experiments recorded; run the "
                               f"baseline or clusters stage first")
+    path = layout.results / REPORT_FILE
+    text = _results_text(layout, experiments, raw) if len(experiments) else NO_RESULTS
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n".join(skipped_section(skipped)))
+    return path
+
+
+def _results_text(layout: WorkLayout, experiments: pd.DataFrame, raw: str | Path | None) -> str:
+    """The timeline figure redrawn, then the report's text on the recorded experiments."""
     save_figure(plot_results_timeline(experiments), layout.figures / TIMELINE_FILE)
     figures = sorted(p.relative_to(layout.results) for p in layout.figures.glob("*.png"))
-    path = layout.results / REPORT_FILE
-    with atomic_file(path, "w", encoding="utf-8") as fh:
-        fh.write(report_text(experiments, figures, raw))
-    return path
+    return report_text(experiments, figures, raw)

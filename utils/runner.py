@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils import columns, config
-from utils.errors import SessionlenError
+from utils.errors import DatasetTooSmallError, SessionlenError, WorkBusyError
+from utils.report import write_report
+from utils.skips import SkipNote, clear_skips, record_skip
 from utils.work_lock import acting_as
+
+if TYPE_CHECKING:
+    from papermill.exceptions import PapermillExecutionError
 
 NOTEBOOK_NAME = re.compile(r"^(\d+)_.+\.ipynb$")
 KERNEL_NAME = "python3"
@@ -65,6 +71,7 @@ class RunPaths:
     figures: Path
     experiments: Path
     report: Path
+    skipped: tuple[SkipNote, ...] = ()
 
 
 def run_pipeline(
@@ -74,8 +81,13 @@ def run_pipeline(
     engine: str = "local",
     seed: int = config.DEFAULT_SEED,
     notebooks: list[Path] | None = None,
+    strict: bool = False,
 ) -> RunPaths:
-    """Execute the notebooks in order; stop at the first failure naming the notebook and error."""
+    """Execute the notebooks in order; stop at the first failure naming the notebook and error.
+
+    A notebook whose data is too small (DatasetTooSmallError) is skipped and the run goes on,
+    unless `strict`; the skips are printed at the end and listed in the report.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -89,6 +101,8 @@ def run_pipeline(
         "scale": scale, "work_dir": str(layout.root), "raw_dir": str(raw_path), "seed": seed,
         "engine": engine, "epochs": scale_cfg.epochs, "clusters": scale_cfg.clusters,
     }
+    clear_skips(layout.root)
+    skipped: list[SkipNote] = []
     for notebook in notebooks or stage_notebooks():
         target = layout.notebooks / notebook.parent.name / notebook.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -102,13 +116,46 @@ def run_pipeline(
                     log_output=False, extra_arguments=KERNEL_ARGUMENTS,
                 )
         except PapermillExecutionError as exc:
-            raise SessionlenError(
-                f"notebook {notebook.parent.name}/{notebook.name} failed in cell "
-                f"{exc.exec_count}: {exc.ename}: {exc.evalue} (executed copy: {target})"
-            ) from exc
+            skipped.append(skip_or_fail(exc, notebook, target, strict))
+            record_skip(layout.root, skipped[-1])
+            print(f"  skipped: {skipped[-1].reason}", flush=True)
+            continue
         print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
+    paths = dataclasses.replace(paths, skipped=tuple(skipped))
+    if skipped:
+        # The report is written by the last notebook, which may be among the skipped ones.
+        write_report(layout.root, raw_path)
     _print_outputs(paths)
+    _print_skips(paths.skipped)
     return paths
+
+
+def skip_or_fail(exc: PapermillExecutionError, notebook: Path, target: Path, strict: bool
+                 ) -> SkipNote:
+    """A skip note when the notebook's data was too small (and not `strict`); else the error.
+
+    Told apart by the exception's class name as the kernel reports it, never by its text.
+    """
+    name = f"{notebook.parent.name}/{notebook.name}"
+    if exc.ename == WorkBusyError.__name__:
+        raise WorkBusyError(f"notebook {name}: {exc.evalue}") from exc
+    too_small = exc.ename == DatasetTooSmallError.__name__
+    if too_small and not strict:
+        return SkipNote(name, exc.evalue)
+    hint = " (--strict: data too small for a notebook is an error)" if too_small else ""
+    raise SessionlenError(
+        f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+        f"(executed copy: {target}){hint}") from exc
+
+
+def _print_skips(skipped: tuple[SkipNote, ...]) -> None:
+    """The run's skipped notebooks and why, after the summary of outputs."""
+    if not skipped:
+        return
+    lines = [f"skipped {len(skipped)} notebook(s): the data is too small for them "
+             f"(--strict makes this an error); the report lists them too"]
+    lines += [f"  {note.notebook}: {note.reason}" for note in skipped]
+    print("\n".join(lines), flush=True)
 
 
 def _print_outputs(paths: RunPaths) -> None:
