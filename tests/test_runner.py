@@ -67,3 +67,14 @@ def test_stage_notebooks_are_in_design_order(tmp_path: Path) -> None:
 def test_explicit_raw_dir_must_hold_the_plays_file(tmp_path: Path) -> None:
     with pytest.raises(SessionlenError, match="no userid-timestamp"):
         runner.prepare_raw("tiny", tmp_path)
+
+
+@pytest.mark.notebooks
+def test_relative_paths_reach_the_notebooks_as_absolute(tmp_path: Path, raw_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.txt"
+    nb = _notebook(tmp_path / "1_a.ipynb", 'work_dir = ""\nraw_dir = ""',
+                   f"open({str(out)!r}, 'w').write(work_dir + ' ' + raw_dir)")
+    monkeypatch.chdir(tmp_path)
+    runner.run_pipeline(raw="raw", work="work", scale="tiny", notebooks=[nb])
+    assert out.read_text() == f"{tmp_path / 'work'} {raw_dir}"

@@ -92,8 +92,9 @@ def run_pipeline(
     from papermill.exceptions import PapermillExecutionError
 
     scale_cfg = config.get_scale(scale)
-    raw_path = prepare_raw(scale, raw, seed)
-    layout = config.WorkLayout(config.resolve_work(scale, work))
+    # Absolute: each notebook runs in its own folder, where a relative path means another place.
+    raw_path = prepare_raw(scale, raw, seed).absolute()
+    layout = config.WorkLayout(config.resolve_work(scale, work).absolute())
     paths = RunPaths(raw_path, layout.root, layout.notebooks, layout.figures, layout.experiments,
                      layout.results / "report.md")
     print(f"raw data: {raw_path}\nWORK: {layout.root}", flush=True)
