@@ -187,3 +187,18 @@ def test_sessionlen_run_on_the_real_excerpt_skips_the_cluster_stages(
         "sessionlen run: error: notebook models_with_clusters/4_cluster_analysis.ipynb failed in "
         "cell "), strict.stderr
     assert f"DatasetTooSmallError: {tiny_4}" in lines[0]
+
+
+def test_an_empty_split_names_what_the_split_needs(tmp_path: Path, raw: Path) -> None:
+    from utils.experiment import start_experiment
+
+    work = tmp_path / "work"
+    build_unique_tracks(raw, work)
+    build_track_metadata(work, CrawlParams(), None, "http://unused.invalid/", progress=False)
+    denormalize(raw, work)
+    # Two users: the seeded split has one train user, no validate user, one test user.
+    summarize(work, SessionParams(split="seed"))
+    with pytest.raises(DatasetTooSmallError, match=r"^the 'validate' split has no sessions, and "
+                       r"the models need train, validation and test sessions: split=seed needs "
+                       r"at least 10 users .*use split=chrono or data with more listeners$"):
+        start_experiment(work, sequence_length=10)
