@@ -280,3 +280,28 @@ def test_two_metadata_stages_on_one_work_ask_each_track_once(work: Path,
     assert sorted(asked) == [0, len(tracks)], outputs
     metadata = pd.read_csv(WorkLayout(work).track_metadata, dtype=str, keep_default_na=False)
     assert len(metadata) == len(tracks)
+
+
+@pytest.mark.notebooks
+def test_run_no_wait_reaches_the_notebook_kernels(tmp_path: Path, sample_dir: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(sample_dir / "plays-excerpt.tsv", raw / C.PLAYS_FILE)
+    shutil.copy(sample_dir / C.PROFILE_FILE, raw / C.PROFILE_FILE)
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(work / "tracks")],
+                            cwd=PROJECT_ROOT, env=_env(**{COMMAND_ENV: HOLDER_COMMAND}),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        result = subprocess.run(_sessionlen("run", "--raw", str(raw), "--work", str(work),
+                                            "--scale", "tiny", "--no-wait"),
+                                cwd=PROJECT_ROOT, env=_env(), capture_output=True, text=True,
+                                timeout=300)
+    finally:
+        proc.communicate("", timeout=30)
+    assert result.returncode == 75, result.stderr
+    assert re.fullmatch(
+        rf"sessionlen run: error: notebook data_processing/1_get_unique_tracks\.ipynb: "
+        rf"{re.escape(str(work))}/tracks is in use: pid {proc.pid} \({HOLDER_COMMAND}\) has been "
+        rf"writing it since {SINCE}; rerun when it has finished\n", result.stderr), result.stderr
