@@ -54,21 +54,12 @@ class Holder:
         return f"pid {self.pid} ({self.command}) has been writing it since {self.since}"
 
 
-@dataclass
-class _Held:
-    """A lock this process holds: its descriptor, its kind and how many blocks use it."""
-
-    fd: int
-    exclusive: bool
-    depth: int = 1
-
-
 # Per thread: two threads of one process exclude each other like two processes (own descriptors).
 _LOCAL = threading.local()
 
 
-def _held() -> dict[Path, _Held]:
-    """The locks this thread holds, by lock file."""
+def _held() -> dict[Path, bool]:
+    """The locks this thread holds: lock file -> whether exclusive."""
     if not hasattr(_LOCAL, "held"):
         _LOCAL.held = {}
     return _LOCAL.held
@@ -195,25 +186,15 @@ def _open_lock(stage_dir: Path, exclusive: bool) -> int | None:
 
 
 @contextlib.contextmanager
-def _reenter(held: _Held, stage_dir: Path, exclusive: bool) -> Iterator[None]:
-    """Use a lock this process already holds (a stage reading what it writes, say)."""
-    if exclusive and not held.exclusive:
-        raise RuntimeError(f"{stage_dir}: a shared lock cannot become exclusive in place")
-    held.depth += 1
-    try:
-        yield
-    finally:
-        held.depth -= 1
-
-
-@contextlib.contextmanager
 def stage_lock(stage_dir: Path, exclusive: bool) -> Iterator[None]:
     """Hold a stage directory's lock for the block: exclusive to write it, shared to read it."""
     stage_dir = Path(stage_dir)
     key, held = lock_path(stage_dir), _held()
     if key in held:
-        with _reenter(held[key], stage_dir, exclusive):
-            yield
+        # Already held by this thread (a stage reading what it writes): nothing more to take.
+        if exclusive and not held[key]:
+            raise RuntimeError(f"{stage_dir}: a shared lock cannot become exclusive in place")
+        yield
         return
     with writing(stage_dir, key.parent) if exclusive else contextlib.nullcontext():
         fd = _open_lock(stage_dir, exclusive)
@@ -226,7 +207,7 @@ def stage_lock(stage_dir: Path, exclusive: bool) -> Iterator[None]:
             _take_over(stage_dir)
             with writing(stage_dir, key.parent):
                 _record_holder(stage_dir)
-        held[key] = _Held(fd, exclusive)
+        held[key] = exclusive
         try:
             yield
         finally:
