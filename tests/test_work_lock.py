@@ -301,7 +301,9 @@ def test_run_no_wait_reaches_the_notebook_kernels(tmp_path: Path, sample_dir: Pa
     finally:
         proc.communicate("", timeout=30)
     assert result.returncode == 75, result.stderr
-    assert re.fullmatch(
+    # The kernel, stopped after the failing cell, may log its interruption on the way out.
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("[IPKernelApp]")]
+    assert len(lines) == 1 and re.fullmatch(
         rf"sessionlen run: error: notebook data_processing/1_get_unique_tracks\.ipynb: "
         rf"{re.escape(str(work))}/tracks is in use: pid {proc.pid} \({HOLDER_COMMAND}\) has been "
-        rf"writing it since {SINCE}; rerun when it has finished\n", result.stderr), result.stderr
+        rf"writing it since {SINCE}; rerun when it has finished", lines[0]), result.stderr
