@@ -16,7 +16,7 @@ from utils import columns as C
 from utils import experiment
 from utils.boosting import BoostingSettings
 from utils.config import ClusterParams, ModelParams, WorkLayout
-from utils.errors import SessionlenError
+from utils.errors import DatasetTooSmallError, SessionlenError
 from utils.features import TargetScaler, build_feature_set
 from utils.profiles import STAGE as PROFILES_STAGE
 from utils.results import load_experiments
@@ -205,9 +205,11 @@ def _profiles_work(tmp_path: Path, users: int) -> Path:
     return tmp_path
 
 
-def test_more_clusters_than_eligible_users_is_an_error(tmp_path):
+def test_more_clusters_than_eligible_users_is_too_small_data(tmp_path):
     work = _profiles_work(tmp_path, users=3)
-    with pytest.raises(SessionlenError, match="clusters=5 exceeds the 3 eligible users"):
+    with pytest.raises(DatasetTooSmallError, match=r"^clustering needs at least 5 eligible users "
+                       r"\(clusters=5\); user_profile_cluster.csv has 3 of the 3 users: lower "
+                       r"clusters or the eligibility thresholds"):
         cm.start_cluster_experiment(work, None, ClusterParams(clusters=5))
 
 
@@ -233,3 +235,10 @@ def test_bad_model_options_are_errors(params, model, message):
 def test_missing_profiles_stage_is_an_error(tmp_path):
     with pytest.raises(SessionlenError, match="profiles"):
         cm.start_cluster_experiment(tmp_path, None, ClusterParams(clusters=2))
+
+
+def test_no_cluster_big_enough_for_its_own_model_is_too_small_data() -> None:
+    with pytest.raises(DatasetTooSmallError, match=r"^no cluster has the min_cluster_users=5 "
+                       r"users, 20 train sessions .*: lower min_cluster_users or clusters=4"):
+        cm.check_some_trainable([], ClusterParams())
+    cm.check_some_trainable([1], ClusterParams())

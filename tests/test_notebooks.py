@@ -48,6 +48,7 @@ def test_every_notebook_executes_at_tiny_scale(tiny_run: runner.RunPaths) -> Non
     executed = sorted(str(p.relative_to(tiny_run.notebooks))
                       for p in tiny_run.notebooks.rglob("*.ipynb"))
     assert executed == sorted(str(p.relative_to(config.PROJECT_ROOT)) for p in _existing())
+    assert tiny_run.skipped == (), "the tiny synthetic dataset is big enough for every notebook"
 
 
 @pytest.mark.notebooks

@@ -33,6 +33,7 @@ from utils.errors import SessionlenError
 from utils.raw_reader import LINE_NUMBER, REASONS, read_plays
 from utils.stage_io import MANIFEST
 from utils.tracks import build_unique_tracks
+from utils.work_lock import LOCK_DIR
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -460,10 +461,12 @@ def test_corpus_through_the_stages_keeps_every_user_inside_work(
     kept_users = set(read_plays(corpus_file).frame[C.USER_ID])
     user_dir = WorkLayout(work).user_dir
     assert {p.name for p in user_dir.iterdir() if p.is_dir()} == kept_users
-    # Nothing was written beside the inputs and WORK, and WORK holds only the stage folders.
+    # Nothing was written beside the inputs and WORK, and WORK holds only the stage folders
+    # (and the stage locks, named after them).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "work"]
     assert sorted(p.name for p in raw.iterdir()) == sorted([C.PLAYS_FILE, C.PROFILE_FILE])
-    assert {p.name for p in work.iterdir()} == {"tracks", "user_dir", "rejects"}
+    assert {p.name for p in work.iterdir()} == {"tracks", "user_dir", "rejects", LOCK_DIR}
+    assert sorted(p.name for p in (work / LOCK_DIR).iterdir()) == ["tracks.lock", "user_dir.lock"]
     files = [p.relative_to(user_dir) for p in user_dir.rglob("*") if p.is_file()]
     assert all(len(f.parts) == 2 or f.name == MANIFEST for f in files)
 

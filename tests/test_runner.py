@@ -95,3 +95,13 @@ def test_prefixed_lines_complete_lines_and_keep_a_bar_s_last_state() -> None:
     assert target.getvalue() == "[nb] ab\n[nb] c 100%\n"
     stream.close()
     assert target.getvalue().endswith("[nb] tail\n")
+
+
+def test_relative_paths_reach_the_notebooks_as_absolute(tmp_path: Path, raw_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "seen.txt"
+    nb = _notebook(tmp_path / "1_a.ipynb", 'work_dir = ""\nraw_dir = ""',
+                   f"open({str(out)!r}, 'w').write(work_dir + ' ' + raw_dir)")
+    monkeypatch.chdir(tmp_path)
+    runner.run_pipeline(raw="raw", work="work", scale="tiny", notebooks=[nb])
+    assert out.read_text() == f"{tmp_path / 'work'} {raw_dir}"

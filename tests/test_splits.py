@@ -15,8 +15,10 @@ from utils.splits import (
     assign_splits,
     check_fractions,
     chrono_bounds,
+    chrono_min_sessions,
     seed_bounds,
     split_bounds,
+    split_minimum,
     split_sessions,
 )
 
@@ -121,3 +123,13 @@ def test_bad_fractions_are_one_line_errors(train: float, validate: float, bad: s
     with pytest.raises(SessionlenError, match=bad):
         split_sessions(sessions_frame([5]), SessionParams(train_fraction=train,
                                                           validate_fraction=validate))
+
+
+def test_chrono_minimum_is_the_fewest_sessions_filling_every_split() -> None:
+    n = chrono_min_sessions(0.7, 0.1)
+    train_end, validate_end = chrono_bounds(np.array([n - 1, n]), 0.7, 0.1)
+    filled = (train_end >= 1) & (validate_end > train_end) & (np.array([n - 1, n]) > validate_end)
+    assert n == 10 and filled.tolist() == [False, True]
+    assert "from 10 sessions on; change those fractions" in split_minimum(
+        {"split": "chrono", "train_fraction": 0.7, "validate_fraction": 0.1})
+    assert split_minimum({"split": "seed"}).startswith("split=seed needs at least 10 users")

@@ -52,6 +52,12 @@ def _add_mechanics(parser: argparse.ArgumentParser) -> None:
                         help="session-level law of generated synthetic data")
 
 
+def _add_no_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-wait", action="store_true",
+                        help="exit at once (status 75) if another process is writing the same "
+                             "WORK stage, instead of waiting for it")
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from utils.synthetic import format_calibration, generate_dataset
 
@@ -123,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from utils.runner import run_pipeline
 
     run_pipeline(raw=args.raw, work=args.work, scale=args.scale, engine=args.engine,
-                 seed=args.seed, mechanics=args.mechanics)
+                 seed=args.seed, mechanics=args.mechanics, strict=args.strict)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -168,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
     _add_engine(p)
+    _add_no_wait(p)
     p.set_defaults(func=cmd_tracks)
 
     p = sub.add_parser("metadata", help="track durations and genres (Last.fm API or offline)")
@@ -180,12 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for one answer")
     p.add_argument("--max-retries", type=_non_negative_int, default=crawl.max_retries,
                    help="retries of a request after a transient fault")
+    _add_no_wait(p)
     p.set_defaults(func=cmd_metadata)
 
     p = sub.add_parser("denormalize", help="per-user play files joined with profile and metadata")
     p.add_argument("--raw", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
     _add_engine(p)
+    _add_no_wait(p)
     p.set_defaults(func=cmd_denormalize)
 
     p = sub.add_parser("summarize", help="sessions, per-session summaries and splits")
@@ -194,14 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-minutes", type=_positive_float, default=config.SESSION_GAP_MINUTES)
     p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     _add_engine(p)
+    _add_no_wait(p)
     p.set_defaults(func=cmd_summarize)
 
     p = sub.add_parser("vocab", help="artist, track and country vocabularies fit on train")
     p.add_argument("--work", type=Path, required=True)
+    _add_no_wait(p)
     p.set_defaults(func=cmd_vocab)
 
     p = sub.add_parser("session-data", help="per-play session rows for each split (final_dir)")
     p.add_argument("--work", type=Path, required=True)
+    _add_no_wait(p)
     p.set_defaults(func=cmd_session_data)
 
     p = sub.add_parser("profiles", help="train-only user profiles for clustering")
@@ -209,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-rows", type=int, default=500)
     p.add_argument("--min-sessions", type=int, default=30)
     p.add_argument("--max-average-length", type=_positive_float, default=20000.0)
+    _add_no_wait(p)
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("run", help="execute every notebook in order (papermill)")
@@ -219,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     p.add_argument("--engine", choices=["local", "spark"], default="local")
     _add_mechanics(p)
+    p.add_argument("--strict", action="store_true",
+                   help="fail when the data is too small for a notebook instead of skipping it")
+    _add_no_wait(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="rebuild WORK/results/report.md from experiments.csv")
@@ -261,6 +277,10 @@ def run_cli(func: Callable[[argparse.Namespace], None], args: argparse.Namespace
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sessionlen` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_wait", False):
+        from utils.work_lock import never_wait
+
+        never_wait()
     return run_cli(args.func, args)
 
 

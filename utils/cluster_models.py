@@ -38,14 +38,20 @@ from matplotlib.figure import Figure
 from utils import columns as C
 from utils import experiment, plots
 from utils.boosting import BoostingSettings
-from utils.clustering import archetype_agreement, cluster_users, resolve_columns
+from utils.clustering import (
+    archetype_agreement,
+    check_enough_users,
+    cluster_users,
+    resolve_columns,
+)
 from utils.config import ClusterParams, ModelParams, WorkLayout
-from utils.errors import SessionlenError
+from utils.errors import DatasetTooSmallError, SessionlenError
 from utils.features import FeatureSet, TargetScaler, tabular_features
 from utils.profiles import load_profiles
 from utils.results import append_comparisons, append_experiments, utc_now
 from utils.stage_io import write_manifest
 from utils.summaries import load_user_ids
+from utils.work_lock import stage_lock
 
 STAGE = "clusters"
 MANIFEST_STAGE = "cluster_models"
@@ -76,6 +82,16 @@ def trainable_clusters(labels: pd.Series, groups: np.ndarray, rows: dict[str, np
     return [int(c) for c in sorted(users.index)
             if users[c] >= min_cluster_users and train.get(c, 0) >= MIN_TRAIN_SESSIONS
             and validate.get(c, 0) > 0]
+
+
+def check_some_trainable(trained: list[int], params: ClusterParams) -> None:
+    """Fail with DatasetTooSmallError when no cluster can have a model of its own."""
+    if not trained:
+        raise DatasetTooSmallError(
+            f"no cluster has the min_cluster_users={params.min_cluster_users} users, "
+            f"{MIN_TRAIN_SESSIONS} train sessions and a validation session a model of its own "
+            f"needs, so per-cluster models would all be the global one: lower min_cluster_users "
+            f"or clusters={params.clusters}, or use data with more listeners")
 
 
 def check_model_options(params: ClusterParams, model: str) -> None:
@@ -196,12 +212,14 @@ def start_cluster_experiment(work: str | Path, raw: str | Path | None, params: C
                              peer_groups: int | None = None) -> ClusterExperiment:
     """Cluster the eligible users, build the shared features and decide which clusters train."""
     check_model_options(params, model)
+    check_enough_users(work, params)
     profiles = load_profiles(work)
     labels = cluster_users(profiles, params)
     base = experiment.start_experiment(work, sequence_length, peer_groups=peer_groups,
                                        seed=params.seed)
     groups = row_clusters(base.features.sessions[C.USER_ID].to_numpy(), labels)
     trained = trainable_clusters(labels, groups, base.features.rows, params.min_cluster_users)
+    check_some_trainable(trained, params)
     agreement = (archetype_agreement(profiles, params, raw, load_user_ids(Path(work)))
                  if raw else pd.DataFrame())
     return ClusterExperiment(base, params, model, labels, groups, trained, agreement)
@@ -355,18 +373,19 @@ def record_cluster_results(run: ClusterExperiment, table: pd.DataFrame, compared
     """Append every row (stage clusters) to experiments.csv, the comparisons to
     comparisons.csv, and record the stage manifest."""
     rows = table.assign(run_id=run.base.run_id, finished_at=utc_now(), stage=STAGE)
-    path = append_experiments(run.base.work, rows[C.EXPERIMENT_COLUMNS])
-    append_comparisons(run.base.work, compared.assign(run_id=run.base.run_id, stage=STAGE))
     layout = WorkLayout(run.base.work)
     n_test = int(table["n_test"].iloc[0])
-    write_manifest(
-        layout.results, MANIFEST_STAGE,
-        inputs=[layout.summary_dir, layout.user_profile_cluster],
-        parameters={"run_id": run.base.run_id, "model": run.model, **run.params.to_dict()},
-        rows_in=n_test, rows_out=n_test, rows_rejected=0,
-        outputs=[layout.experiments.name],
-        timings={"train": float(table["train_seconds"].sum())},
-    )
+    with stage_lock(layout.results, exclusive=True):
+        path = append_experiments(run.base.work, rows[C.EXPERIMENT_COLUMNS])
+        append_comparisons(run.base.work, compared.assign(run_id=run.base.run_id, stage=STAGE))
+        write_manifest(
+            layout.results, MANIFEST_STAGE,
+            inputs=[layout.summary_dir, layout.user_profile_cluster],
+            parameters={"run_id": run.base.run_id, "model": run.model, **run.params.to_dict()},
+            rows_in=n_test, rows_out=n_test, rows_rejected=0,
+            outputs=[layout.experiments.name],
+            timings={"train": float(table["train_seconds"].sum())},
+        )
     return path
 
 

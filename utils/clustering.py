@@ -21,9 +21,10 @@ from sklearn.preprocessing import StandardScaler
 
 from utils import columns as C
 from utils.baselines import naive_predictions
-from utils.config import ClusterParams
-from utils.errors import SessionlenError
-from utils.stage_io import require_file
+from utils.config import ClusterParams, WorkLayout
+from utils.errors import DatasetTooSmallError, SessionlenError
+from utils.session_data import PROFILES_STAGE
+from utils.stage_io import require_file, require_stage
 from utils.summaries import SOURCE_ID
 
 CLUSTER = "cluster"
@@ -37,6 +38,8 @@ MAX_CHOSEN_CLUSTERS = 8
 FAINT_LINK = 1e-4
 UNCLUSTERED = "unclustered"
 ALL = "all"
+# The knee is the point farthest below the line through the first and the last of at least 3.
+MIN_ELBOW_K = 3
 
 
 def resolve_columns(columns: Sequence[str | int]) -> list[str]:
@@ -76,12 +79,35 @@ def feature_matrix(profiles: pd.DataFrame, columns: Sequence[str | int]) -> np.n
     return StandardScaler().fit_transform(values)
 
 
+def check_enough_users(work: str | Path, params: ClusterParams, elbow: bool = False) -> None:
+    """Fail with DatasetTooSmallError, naming what to change, if too few users are eligible.
+
+    Clustering needs `clusters` eligible users; the elbow plot needs MIN_ELBOW_K of them too.
+    """
+    entry = require_stage(WorkLayout(Path(work)).final_dir, PROFILES_STAGE)
+    eligible, users, thresholds = entry["rows_out"], entry["rows_in"], entry["parameters"]
+    # Choosing k compares at least k = 2 against a third user's silhouette.
+    clusters = params.clusters if params.clusters is not None else 3
+    needed = max(clusters, MIN_ELBOW_K if elbow else 0)
+    if eligible >= needed:
+        return
+    chosen = f"clusters={params.clusters}" if params.clusters is not None else \
+        "choosing the number of clusters"
+    why = chosen + (f"; the elbow needs {MIN_ELBOW_K} values of k" if elbow else "")
+    applied = ", ".join(f"{name}={value}" for name, value in thresholds.items())
+    raise DatasetTooSmallError(
+        f"clustering needs at least {needed} eligible users ({why}); user_profile_cluster.csv "
+        f"has {eligible} of the {users} users{f' ({applied})' if applied else ''}: lower "
+        f"clusters or the eligibility thresholds "
+        f"(models_with_clusters/3_build_user_profiles), or use data with more listeners")
+
+
 def check_k(k: int, n_users: int) -> None:
     """Fail with a one-line error unless 2 <= k <= the number of eligible users."""
     if k < 2:
         raise SessionlenError(f"clusters={k}: at least 2 clusters are needed")
     if k > n_users:
-        raise SessionlenError(
+        raise DatasetTooSmallError(
             f"clusters={k} exceeds the {n_users} eligible users in user_profile_cluster.csv; "
             f"lower clusters or loosen the eligibility thresholds")
 
@@ -130,7 +156,7 @@ def choose_clusters(features: np.ndarray, spectral: bool, seed: int,
     """
     candidates = range(2, min(most, len(features) - 1) + 1)
     if not candidates:
-        raise SessionlenError(
+        raise DatasetTooSmallError(
             f"choosing the number of clusters needs at least 3 eligible users, got "
             f"{len(features)}; loosen the eligibility thresholds or set clusters")
     scores = [silhouette_samples(features, fit_labels(features, k, spectral, seed)).mean()
@@ -177,8 +203,8 @@ def knee_index(x: np.ndarray, y: np.ndarray) -> int:
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    if len(x) < 3:
-        raise SessionlenError(f"a knee needs at least 3 values of k, got {len(x)}")
+    if len(x) < MIN_ELBOW_K:
+        raise SessionlenError(f"a knee needs at least {MIN_ELBOW_K} values of k, got {len(x)}")
     span_y = y.max() - y.min()
     x_n = (x - x[0]) / (x[-1] - x[0])
     y_n = (y - y.min()) / span_y if span_y > 0 else np.zeros_like(y)

@@ -53,6 +53,7 @@ from utils.stage_io import (
     write_manifest,
 )
 from utils.tracks import read_unique_tracks
+from utils.work_lock import locked_stage
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -501,6 +502,7 @@ def metadata_summary(metadata: pd.DataFrame, tracks: pd.DataFrame,
     }
 
 
+@locked_stage("tracks")
 def build_track_metadata(
     work: Path,
     params: CrawlParams,

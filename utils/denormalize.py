@@ -38,6 +38,7 @@ from utils.tracks import (
     read_counts,
     timestamp_seconds,
 )
+from utils.work_lock import locked_stage
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -254,6 +255,7 @@ def _local_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
     return {**counts, **join_counts(fields), "rows_out": rows_out}
 
 
+@locked_stage("user_dir", reads=("tracks",))
 def denormalize(raw: Path, work: Path, engine: str = "local",
                 spark_master: str | None = None) -> dict:
     """Stage denormalize: write WORK/user_dir/{user}/part-00000.csv and the manifest."""

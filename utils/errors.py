@@ -38,6 +38,17 @@ class OutputWriteError(SessionlenError):
     """A stage output could not be written for a reason the user can fix (disk full, read-only)."""
 
 
+class DatasetTooSmallError(SessionlenError):
+    """The data is valid but too small for a stage: the pipeline runner skips that notebook."""
+
+
+class WorkBusyError(SessionlenError):
+    """Another process holds the lock of a WORK stage and this one was told not to wait."""
+
+    # sysexits' EX_TEMPFAIL: nothing is wrong, try again later.
+    exit_code = 75
+
+
 def describe_os_error(exc: OSError) -> str:
     """What happened, with the errno name, and what to do when the user can fix it."""
     if exc.errno is None:

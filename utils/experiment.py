@@ -22,11 +22,13 @@ from utils import evaluation, plots
 from utils.baselines import BASELINES, KEY_COLUMNS, ORACLE, baseline_predictions
 from utils.boosting import BoostingSettings, TrainedBooster, fit_lightgbm, predict_lightgbm
 from utils.config import ModelParams, WorkLayout
-from utils.errors import SessionlenError
+from utils.errors import DatasetTooSmallError, SessionlenError
 from utils.features import FeatureSet, build_feature_set
 from utils.results import append_comparisons, append_experiments, new_run_id, utc_now
-from utils.stage_io import write_manifest
+from utils.splits import split_minimum
+from utils.stage_io import require_stage, write_manifest
 from utils.summaries import load_summaries, load_user_ids
+from utils.work_lock import stage_lock
 
 STAGE = "baseline"
 MANIFEST_STAGE = "baseline_models"
@@ -97,11 +99,18 @@ def start_experiment(work: str | Path, sequence_length: int, train_file: str = "
     splits = load_summaries(Path(work))
     features = build_feature_set(splits, sequence_length, train_file, validation_file, test_file,
                                  peer_groups=peer_groups, seed=seed)
-    for role in ("train", "validate", "test"):
-        if not len(features.rows[role]):
-            raise SessionlenError(f"{features.split_names[role]!r} split has no sessions; "
-                                  f"the experiment needs train, validation and test rows")
+    check_split_sizes(Path(work), features)
     return Experiment(Path(work), features, splits, seed=seed)
+
+
+def check_split_sizes(work: Path, features: FeatureSet) -> None:
+    """Fail with DatasetTooSmallError, saying what the split needs, if a role has no sessions."""
+    empty = [role for role in ("train", "validate", "test") if not len(features.rows[role])]
+    if empty:
+        params = require_stage(WorkLayout(work).summary_dir, "summarize")["parameters"]
+        raise DatasetTooSmallError(
+            f"the {features.split_names[empty[0]]!r} split has no sessions, and the models need "
+            f"train, validation and test sessions: {split_minimum(params)}")
 
 
 def split_sizes(experiment: Experiment) -> pd.DataFrame:
@@ -287,16 +296,18 @@ def record_results(experiment: Experiment, table: pd.DataFrame, compared: pd.Dat
     """Append every model's row to experiments.csv, the comparisons to comparisons.csv, and
     record the stage manifest."""
     rows = table.assign(run_id=experiment.run_id, finished_at=utc_now(), stage=STAGE)
-    path = append_experiments(experiment.work, rows[C.EXPERIMENT_COLUMNS])
-    append_comparisons(experiment.work, compared.assign(run_id=experiment.run_id, stage=STAGE))
     layout = WorkLayout(experiment.work)
     n_test = int(table["n_test"].iloc[0])
-    write_manifest(
-        layout.results, MANIFEST_STAGE, inputs=[layout.summary_dir],
-        parameters={"run_id": experiment.run_id, "models": list(table["label"])},
-        rows_in=n_test, rows_out=n_test, rows_rejected=0,
-        outputs=[layout.experiments.name], timings={"train": float(table["train_seconds"].sum())},
-    )
+    with stage_lock(layout.results, exclusive=True):
+        path = append_experiments(experiment.work, rows[C.EXPERIMENT_COLUMNS])
+        append_comparisons(experiment.work,
+                           compared.assign(run_id=experiment.run_id, stage=STAGE))
+        write_manifest(
+            layout.results, MANIFEST_STAGE, inputs=[layout.summary_dir],
+            parameters={"run_id": experiment.run_id, "models": list(table["label"])},
+            rows_in=n_test, rows_out=n_test, rows_rejected=0, outputs=[layout.experiments.name],
+            timings={"train": float(table["train_seconds"].sum())},
+        )
     return path
 
 

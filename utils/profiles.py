@@ -30,6 +30,7 @@ from utils.stage_io import (
 )
 from utils.summaries import load_user_ids
 from utils.vocab import UNKNOWN_ID
+from utils.work_lock import locked_stage
 
 STAGE = PROFILES_STAGE
 EXCLUDED_FILE = "user_profile_excluded.csv"
@@ -130,6 +131,7 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(fh, index=False, lineterminator="\n")
 
 
+@locked_stage("final_dir", reads=("summary_dir",))
 def build_user_profiles(work: str | Path, params: ClusterParams) -> dict[str, Any]:
     """Write the eligible users' train profiles and the excluded users with their reasons."""
     check_thresholds(params)

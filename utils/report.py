@@ -19,7 +19,9 @@ from utils.config import WorkLayout
 from utils.errors import SessionlenError
 from utils.plots import FIGURE_RUN_KEY, FIGURE_SAVED_KEY, figure_stamp, save_figure
 from utils.results import load_comparisons, load_experiments, utc_now
+from utils.skips import read_skips, skipped_section
 from utils.stage_io import atomic_file
+from utils.work_lock import locked_stage
 
 REPORT_FILE = "report.md"
 TIMELINE_FILE = "results_timeline.png"
@@ -36,6 +38,7 @@ COMPARISON_TABLE = ["stage", "model", "versus", "diff_mae_s", "diff_ci_low", "di
 # is partly an estimate (sessions cut by estimated durations take the planted one in progress).
 EXACT_SHARE_WARNING = 0.99
 GROUND_TRUTH = "ground_truth"
+NO_RESULTS = "# sessionlen — results\n\nNo experiment recorded yet.\n\n"
 
 
 def plot_results_timeline(experiments: pd.DataFrame) -> Figure:
@@ -237,17 +240,25 @@ def report_text(experiments: pd.DataFrame, comparisons: pd.DataFrame,
     return "\n".join(lines) + "\n"
 
 
+@locked_stage("results")
 def write_report(work: str | Path, raw: str | Path | None = None) -> Path:
     """Redraw the timeline and write WORK/results/report.md atomically; return its path."""
     layout = WorkLayout(Path(work))
     experiments = load_experiments(layout.root)
-    if experiments.empty:
+    skipped = read_skips(layout.root)
+    if experiments.empty and not skipped:
         raise SessionlenError(f"{layout.experiments}: no experiments recorded; run the "
                               f"baseline or clusters stage first")
+    path = layout.results / REPORT_FILE
+    text = _results_text(layout, experiments, raw) if len(experiments) else NO_RESULTS
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n".join(skipped_section(skipped)))
+    return path
+
+
+def _results_text(layout: WorkLayout, experiments: pd.DataFrame, raw: str | Path | None) -> str:
+    """The timeline figure redrawn, then the report's text on the recorded experiments."""
     save_figure(plot_results_timeline(experiments), layout.figures / TIMELINE_FILE)
     figures = {p.relative_to(layout.results): figure_stamp(p)
                for p in sorted(layout.figures.glob("*.png"))}
-    path = layout.results / REPORT_FILE
-    with atomic_file(path, "w", encoding="utf-8") as fh:
-        fh.write(report_text(experiments, load_comparisons(layout.root), figures, raw))
-    return path
+    return report_text(experiments, load_comparisons(layout.root), figures, raw)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from utils import columns, config
-from utils.errors import SessionlenError
+from utils.errors import DatasetTooSmallError, SessionlenError, WorkBusyError
+from utils.report import write_report
+from utils.skips import SkipNote, clear_skips, record_skip
+from utils.work_lock import acting_as
+
+if TYPE_CHECKING:
+    from papermill.exceptions import PapermillExecutionError
 
 NOTEBOOK_NAME = re.compile(r"^(\d+)_.+\.ipynb$")
 # The project kernel that `make` installs into the venv; every committed notebook names it.
@@ -98,6 +105,7 @@ class RunPaths:
     figures: Path
     experiments: Path
     report: Path
+    skipped: tuple[SkipNote, ...] = ()
 
 
 def run_pipeline(
@@ -108,15 +116,21 @@ def run_pipeline(
     seed: int = config.DEFAULT_SEED,
     notebooks: list[Path] | None = None,
     mechanics: str = config.SYNTH_MECHANICS[0],
+    strict: bool = False,
 ) -> RunPaths:
-    """Execute the notebooks in order; stop at the first failure naming the notebook and error."""
+    """Execute the notebooks in order; stop at the first failure naming the notebook and error.
+
+    A notebook whose data is too small (DatasetTooSmallError) is skipped and the run goes on,
+    unless `strict`; the skips are printed at the end and listed in the report.
+    """
     import papermill
     from jupyter_client.kernelspec import NoSuchKernel
     from papermill.exceptions import PapermillExecutionError
 
     scale_cfg = config.get_scale(scale)
-    raw_path = prepare_raw(scale, raw, seed, mechanics)
-    layout = config.WorkLayout(config.resolve_work(scale, work))
+    # Absolute: each notebook runs in its own folder, where a relative path means another place.
+    raw_path = prepare_raw(scale, raw, seed, mechanics).absolute()
+    layout = config.WorkLayout(config.resolve_work(scale, work).absolute())
     paths = RunPaths(raw_path, layout.root, layout.notebooks, layout.figures, layout.experiments,
                      layout.results / "report.md")
     print(f"raw data: {raw_path}\nWORK: {layout.root}", flush=True)
@@ -125,6 +139,8 @@ def run_pipeline(
         "engine": engine, "epochs": scale_cfg.epochs, "min_rows": scale_cfg.min_rows,
         "min_sessions": scale_cfg.min_sessions,
     }
+    clear_skips(layout.root)
+    skipped: list[SkipNote] = []
     for notebook in notebooks or stage_notebooks():
         target = layout.notebooks / notebook.parent.name / notebook.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,17 +149,18 @@ def run_pipeline(
         print(f"running {name} ...", flush=True)
         out, err = PrefixedLines(f"[{name}]", sys.stdout), PrefixedLines(f"[{name}]", sys.stderr)
         try:
-            papermill.execute_notebook(
-                str(notebook), str(target), parameters=notebook_parameters(notebook, injected),
-                kernel_name=KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False,
-                log_output=False, stdout_file=out, stderr_file=err,
-                extra_arguments=KERNEL_ARGUMENTS,
-            )
+            with acting_as(f"sessionlen run: {notebook.parent.name}/{notebook.name}"):
+                papermill.execute_notebook(
+                    str(notebook), str(target), parameters=notebook_parameters(notebook, injected),
+                    kernel_name=KERNEL_NAME, cwd=str(notebook.parent), progress_bar=False,
+                    log_output=False, stdout_file=out, stderr_file=err,
+                    extra_arguments=KERNEL_ARGUMENTS,
+                )
         except PapermillExecutionError as exc:
-            raise SessionlenError(
-                f"notebook {notebook.parent.name}/{notebook.name} failed in cell "
-                f"{exc.exec_count}: {exc.ename}: {exc.evalue} (executed copy: {target})"
-            ) from exc
+            skipped.append(skip_or_fail(exc, notebook, target, strict))
+            record_skip(layout.root, skipped[-1])
+            print(f"  skipped: {skipped[-1].reason}", flush=True)
+            continue
         except NoSuchKernel as exc:
             raise SessionlenError(
                 f"the project kernel {KERNEL_NAME!r} is not installed; run `make run` once, or "
@@ -153,8 +170,41 @@ def run_pipeline(
             out.close()
             err.close()
         print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
+    paths = dataclasses.replace(paths, skipped=tuple(skipped))
+    if skipped:
+        # The report is written by the last notebook, which may be among the skipped ones.
+        write_report(layout.root, raw_path)
     _print_outputs(paths)
+    _print_skips(paths.skipped)
     return paths
+
+
+def skip_or_fail(exc: PapermillExecutionError, notebook: Path, target: Path, strict: bool
+                 ) -> SkipNote:
+    """A skip note when the notebook's data was too small (and not `strict`); else the error.
+
+    Told apart by the exception's class name as the kernel reports it, never by its text.
+    """
+    name = f"{notebook.parent.name}/{notebook.name}"
+    if exc.ename == WorkBusyError.__name__:
+        raise WorkBusyError(f"notebook {name}: {exc.evalue}") from exc
+    too_small = exc.ename == DatasetTooSmallError.__name__
+    if too_small and not strict:
+        return SkipNote(name, exc.evalue)
+    hint = " (--strict: data too small for a notebook is an error)" if too_small else ""
+    raise SessionlenError(
+        f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+        f"(executed copy: {target}){hint}") from exc
+
+
+def _print_skips(skipped: tuple[SkipNote, ...]) -> None:
+    """The run's skipped notebooks and why, after the summary of outputs."""
+    if not skipped:
+        return
+    lines = [f"skipped {len(skipped)} notebook(s): the data is too small for them "
+             f"(--strict makes this an error); the report lists them too"]
+    lines += [f"  {note.notebook}: {note.reason}" for note in skipped]
+    print("\n".join(lines), flush=True)
 
 
 def _print_outputs(paths: RunPaths) -> None:

@@ -35,6 +35,7 @@ from utils.stage_io import (
     write_manifest,
 )
 from utils.vocab import UNKNOWN_ID, Vocabulary, read_vocabularies
+from utils.work_lock import locked_stage, reading_stage
 
 STAGE = "session_data"
 PROFILES_STAGE = "profiles"
@@ -324,6 +325,7 @@ def _split_counts(frame: pd.DataFrame) -> dict[str, int]:
     }
 
 
+@locked_stage("final_dir", reads=("user_dir", "summary_dir"))
 def build_session_data(work: str | Path) -> dict[str, Any]:
     """Write final_dir/{train,validate,test}/{user_id}.csv: every play, in its session's split."""
     layout = WorkLayout(Path(work))
@@ -369,21 +371,25 @@ def session_data_overview(work: str | Path) -> pd.DataFrame:
     return table
 
 
+def _read_final_file(path: Path) -> pa.Table:
+    """One final_dir file with its column types."""
+    if not path.is_file():
+        raise SessionlenError(f"{path}: no such final_dir file")
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=FINAL_TYPES))
+
+
 def read_final_split(work: str | Path, split: str, users: list[str] | None = None
                      ) -> pd.DataFrame:
     """The per-play rows of one final_dir split (all users, or the given user ids)."""
     final_dir = WorkLayout(Path(work)).final_dir
-    require_stage(final_dir, STAGE)
     if split not in C.SPLITS:
         raise SessionlenError(f"unknown split {split!r}; valid splits: {', '.join(C.SPLITS)}")
-    files = sorted((final_dir / split).glob("*.csv")) if users is None else [
-        final_dir / split / f"{user}.csv" for user in users]
-    tables = []
-    for path in files:
-        if not path.is_file():
-            raise SessionlenError(f"{path}: no such final_dir file")
-        tables.append(pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types=FINAL_TYPES)))
+    # Many files: a rerun of the stage must not swap the folder between two of them.
+    with reading_stage(final_dir):
+        require_stage(final_dir, STAGE)
+        files = sorted((final_dir / split).glob("*.csv")) if users is None else [
+            final_dir / split / f"{user}.csv" for user in users]
+        tables = [_read_final_file(path) for path in files]
     if not tables:
         return pa.schema(list(FINAL_TYPES.items())).empty_table().to_pandas()
     return pa.concat_tables(tables).to_pandas()

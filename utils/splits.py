@@ -18,6 +18,8 @@ the same assignment from the same small table of counts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -32,6 +34,11 @@ SEED_CUT_RANGE = (0.5, 1.0)
 # Fractions like 1 - 0.7 - 0.1 are not exact in binary; rounding the product first keeps
 # 10 sessions * 0.2 test from flooring to 1.
 _PRODUCT_DECIMALS = 9
+# Beyond this many sessions per user, a chrono split that still leaves a split empty is a
+# parameter problem (a fraction of 0), not a small dataset.
+MAX_MIN_SESSIONS = 10_000
+# floor(0.8 n) train, floor(0.1 n) validate and the rest test users are all >= 1 from 10 users.
+_SEED_MIN_USERS = 10
 
 
 def check_fractions(train_fraction: float, validate_fraction: float) -> None:
@@ -82,6 +89,36 @@ def seed_bounds(counts: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     train_end = np.where(role == 0, counts, cut)
     validate_end = np.where(role == 2, cut, counts)
     return train_end, validate_end
+
+
+def chrono_min_sessions(train_fraction: float, validate_fraction: float) -> int:
+    """The fewest sessions that give a user a train, a validate and a test session (chrono)."""
+    check_fractions(train_fraction, validate_fraction)
+    counts = np.arange(1, MAX_MIN_SESSIONS + 1)
+    train_end, validate_end = chrono_bounds(counts, train_fraction, validate_fraction)
+    every = (train_end >= 1) & (validate_end > train_end) & (counts > validate_end)
+    return int(counts[every][0]) if every.any() else 0
+
+
+def split_minimum(params: dict[str, Any]) -> str:
+    """What the data needs for every split to hold sessions, naming the parameters to change.
+
+    `params` are the summarize stage's parameters as its manifest records them.
+    """
+    if params.get("split") == "seed":
+        users = _SEED_MIN_USERS
+        return (f"split=seed needs at least {users} users (train, validate and test users "
+                f"{SEED_USER_FRACTIONS[0]:g}/{SEED_USER_FRACTIONS[1]:g}/rest); use split=chrono "
+                f"or data with more listeners")
+    fractions = (float(params.get("train_fraction", 0.7)),
+                 float(params.get("validate_fraction", 0.1)))
+    needed = chrono_min_sessions(*fractions)
+    if not needed:
+        return (f"split=chrono with train_fraction={fractions[0]:g} and validate_fraction="
+                f"{fractions[1]:g} leaves a split empty for every user; change those fractions")
+    return (f"split=chrono with train_fraction={fractions[0]:g} and validate_fraction="
+            f"{fractions[1]:g} gives a user sessions in every split from {needed} sessions on; "
+            f"change those fractions or use listeners with longer histories")
 
 
 def split_bounds(counts: pd.Series, params: SessionParams) -> pd.DataFrame:

@@ -81,7 +81,7 @@ def _temp_path(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process with this id exists (a signal-0 probe; it sends nothing)."""
     try:
         os.kill(pid, 0)
@@ -102,7 +102,7 @@ def remove_stale_temps(path: Path) -> None:
     for kind in ("tmp", "old"):
         for stale in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
             pid = stale.name.rsplit("-", 1)[1]
-            if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
                 continue
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)

@@ -45,6 +45,7 @@ from utils.errors import SessionlenError
 from utils.sessions import session_lengths, session_starts
 from utils.splits import check_fractions, split_codes
 from utils.stage_io import Timer, atomic_dir, require_stage, write_manifest
+from utils.work_lock import locked_stage, reading_stage
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -422,6 +423,7 @@ def engine_sessions(users: dict[str, list[Path]], gap_minutes: float, engine: st
     return local_sessions(users, gap_minutes)
 
 
+@locked_stage("summary_dir", reads=("user_dir",))
 def summarize(work: Path, params: SessionParams, engine: str = "local",
               spark_master: str | None = None) -> dict[str, Any]:
     """Sessions, per-session summaries and splits of WORK/user_dir into WORK/summary_dir."""
@@ -471,10 +473,12 @@ def _read_summary_file(path: Path) -> pa.Table:
 def load_summaries(work: Path) -> dict[str, pd.DataFrame]:
     """Every split of WORK/summary_dir: all users in one frame, sorted by user_id, timestamp."""
     summary_dir = WorkLayout(Path(work)).summary_dir
-    require_stage(summary_dir, "summarize")
     schema = pa.schema(list(_SUMMARY_TYPES.items()))
     frames = {}
-    with ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) * 2) as pool:
+    # Many files: a rerun of the stage must not swap the folder between two of them.
+    with reading_stage(summary_dir), ThreadPoolExecutor(
+            max_workers=(os.cpu_count() or 1) * 2) as pool:
+        require_stage(summary_dir, "summarize")
         for name in SPLITS:
             tables = list(pool.map(_read_summary_file, sorted((summary_dir / name).glob("*.csv"))))
             table = pa.concat_tables(tables) if tables else schema.empty_table()

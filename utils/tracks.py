@@ -22,6 +22,7 @@ from utils.config import WorkLayout
 from utils.csv_text import format_fixed, format_int, join_lines, quote_minimal, write_lines
 from utils.errors import SessionlenError
 from utils.stage_io import Timer, atomic_dir, require_file, write_manifest
+from utils.work_lock import locked_stage
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -238,6 +239,7 @@ def _local_unique_tracks(plays_path: Path, rejects_dir: Path) -> tuple[pa.Table,
     return unique_tracks_table(plays), read_counts(plays)
 
 
+@locked_stage("tracks")
 def build_unique_tracks(raw: Path, work: Path, engine: str = "local",
                         spark_master: str | None = None) -> dict:
     """Stage tracks: write WORK/tracks/unique_tracks.csv and its manifest; return a summary."""

@@ -22,6 +22,7 @@ from utils import summaries
 from utils.config import WorkLayout
 from utils.errors import SessionlenError
 from utils.stage_io import Timer, atomic_dir, forget_stage, require_stage, write_manifest
+from utils.work_lock import locked_stage
 
 UNKNOWN_ID = 0
 ID = "id"
@@ -140,6 +141,7 @@ def _concat_counts(parts: list[pd.DataFrame], keys: Sequence[str]) -> pd.DataFra
     return pd.concat(parts, ignore_index=True)
 
 
+@locked_stage("final_dir", reads=("user_dir", "summary_dir"))
 def build_vocab(work: str | Path) -> dict[str, Any]:
     """Fit the artist, track and country vocabularies on the train plays; write final_dir/vocab."""
     # session_data encodes plays with this module's vocabularies, so it is imported at call time.
