@@ -11,6 +11,7 @@ from pathlib import Path
 
 from utils import config
 from utils.errors import SessionlenError, os_error_line
+from utils.spark import CONNECT_SCHEME
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +44,22 @@ def _positive_float(text: str) -> float:
 
 def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["local", "spark"], default="local")
-    parser.add_argument("--spark-master", default=None, help="Spark master URL (default local[*])")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--spark-master", default=None,
+                       help="Spark master URL (default: $SPARK_REMOTE if set, else local[*])")
+    where.add_argument("--spark-remote", type=_connect_url, default=None,
+                       help="Spark Connect server, sc://host:port (default: $SPARK_REMOTE)")
+
+
+def _connect_url(text: str) -> str:
+    if not text.startswith(CONNECT_SCHEME):
+        raise argparse.ArgumentTypeError(f"must start with {CONNECT_SCHEME}, got {text}")
+    return text
+
+
+def _spark_url(args: argparse.Namespace) -> str | None:
+    """Where the Spark engine runs: --spark-remote or --spark-master (None: the default)."""
+    return args.spark_remote or args.spark_master
 
 
 def _add_mechanics(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +94,7 @@ def cmd_tracks(args: argparse.Namespace) -> None:
     from utils.tracks import build_unique_tracks
 
     summary = build_unique_tracks(args.raw, args.work, engine=args.engine,
-                                  spark_master=args.spark_master)
+                                  spark_master=_spark_url(args))
     print(summary)
 
 
@@ -95,26 +111,26 @@ def cmd_metadata(args: argparse.Namespace) -> None:
 def cmd_denormalize(args: argparse.Namespace) -> None:
     from utils.denormalize import denormalize
 
-    print(denormalize(args.raw, args.work, engine=args.engine, spark_master=args.spark_master))
+    print(denormalize(args.raw, args.work, engine=args.engine, spark_master=_spark_url(args)))
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
     from utils.summaries import summarize
 
     params = config.SessionParams(split=args.split, gap_minutes=args.gap_minutes, seed=args.seed)
-    print(summarize(args.work, params, engine=args.engine, spark_master=args.spark_master))
+    print(summarize(args.work, params, engine=args.engine, spark_master=_spark_url(args)))
 
 
 def cmd_vocab(args: argparse.Namespace) -> None:
     from utils.vocab import build_vocab
 
-    print(build_vocab(args.work))
+    print(build_vocab(args.work, engine=args.engine, spark_master=_spark_url(args)))
 
 
 def cmd_session_data(args: argparse.Namespace) -> None:
     from utils.session_data import build_session_data
 
-    print(build_session_data(args.work))
+    print(build_session_data(args.work, engine=args.engine, spark_master=_spark_url(args)))
 
 
 def cmd_profiles(args: argparse.Namespace) -> None:
@@ -122,7 +138,8 @@ def cmd_profiles(args: argparse.Namespace) -> None:
 
     params = config.ClusterParams(min_rows=args.min_rows, min_sessions=args.min_sessions,
                                   max_average_length=args.max_average_length)
-    print(build_user_profiles(args.work, params))
+    print(build_user_profiles(args.work, params, engine=args.engine,
+                              spark_master=_spark_url(args)))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -209,11 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vocab", help="artist, track and country vocabularies fit on train")
     p.add_argument("--work", type=Path, required=True)
     _add_no_wait(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_vocab)
 
     p = sub.add_parser("session-data", help="per-play session rows for each split (final_dir)")
     p.add_argument("--work", type=Path, required=True)
     _add_no_wait(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_session_data)
 
     p = sub.add_parser("profiles", help="train-only user profiles for clustering")
@@ -222,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-sessions", type=int, default=30)
     p.add_argument("--max-average-length", type=_positive_float, default=20000.0)
     _add_no_wait(p)
+    _add_engine(p)
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("run", help="execute every notebook in order (papermill)")

@@ -29,6 +29,7 @@ from utils.csv_text import (
     line_block,
     quote_minimal,
 )
+from utils.spark import check_engine_target
 from utils.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
 from utils.tracks import (
     check_engine,
@@ -262,6 +263,7 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
     from utils.raw_reader import read_profiles
 
     check_engine(engine)
+    check_engine_target(engine, spark_master)
     raw, layout = Path(raw), WorkLayout(Path(work))
     require_stage(layout.tracks, "metadata")
     plays_path = require_file(raw / C.PLAYS_FILE, "plays file")

@@ -17,8 +17,15 @@ import pandas as pd
 from utils import columns as C
 from utils.config import ClusterParams, WorkLayout
 from utils.errors import SessionlenError
-from utils.session_data import PROFILES_STAGE, read_final_split
-from utils.session_data import STAGE as SESSION_DATA_STAGE
+from utils.final_dir import (
+    PROFILES_STAGE,
+    SESSION_DATA_STAGE,
+    UNKNOWN_ID,
+    ProfileParts,
+    check_engine,
+)
+from utils.session_data import read_final_split
+from utils.spark import check_engine_target
 from utils.stage_io import (
     Timer,
     annotate_stage,
@@ -29,7 +36,6 @@ from utils.stage_io import (
     write_manifest,
 )
 from utils.summaries import load_user_ids
-from utils.vocab import UNKNOWN_ID
 from utils.work_lock import locked_stage
 
 STAGE = PROFILES_STAGE
@@ -62,25 +68,50 @@ def _top_id(train: pd.DataFrame, column: str) -> pd.Series:
     return ranked.drop_duplicates(C.USER_ID).set_index(C.USER_ID)[column]
 
 
-def compute_profiles(train: pd.DataFrame) -> pd.DataFrame:
-    """PROFILE_CLUSTER_COLUMNS for every user of the train plays (one row per user, by id)."""
+def profile_parts(train: pd.DataFrame) -> ProfileParts:
+    """Local engine: the profile parts of every user of the train plays."""
     train = train.sort_values([C.USER_ID, C.CURRENT_TIMESTAMP], kind="stable")
     # Profile fields as of the user's latest train session (age grows over the years).
     latest = train.groupby(C.USER_ID, sort=True).tail(1).set_index(C.USER_ID)
     sessions = train.drop_duplicates([C.USER_ID, C.SESSION_ID])
-    lengths = sessions.groupby(C.USER_ID, sort=True)[C.SESSION_LENGTH]
+    return ProfileParts(
+        latest=latest[[C.GENDER, C.AGE, C.COUNTRY, C.REGISTERED]],
+        top_artist=_top_id(train, C.ARTIST_NAME), top_track=_top_id(train, C.TRACK_NAME),
+        rows=train.groupby(C.USER_ID, sort=True).size(),
+        lengths=sessions[[C.USER_ID, C.SESSION_LENGTH]],
+    )
+
+
+def profiles_of(parts: ProfileParts) -> pd.DataFrame:
+    """PROFILE_CLUSTER_COLUMNS for every user of the parts (one row per user, by id)."""
+    lengths = parts.lengths.groupby(C.USER_ID, sort=True)[C.SESSION_LENGTH]
+    latest = parts.latest
     profiles = pd.DataFrame({
         C.GENDER: latest[C.GENDER], C.AGE: latest[C.AGE], C.COUNTRY: latest[C.COUNTRY],
         C.REGISTERED: latest[C.REGISTERED],
-        TOP_ARTIST: _top_id(train, C.ARTIST_NAME), TOP_TRACK: _top_id(train, C.TRACK_NAME),
+        TOP_ARTIST: parts.top_artist, TOP_TRACK: parts.top_track,
         TOTAL_SESSIONS: lengths.size(),
         C.AVERAGE_SESSION_LENGTH: lengths.mean(),
         MAX_LENGTH: lengths.max(),
         MEDIAN_LENGTH: lengths.median(),
-        TOTAL_ROWS: train.groupby(C.USER_ID, sort=True).size(),
+        TOTAL_ROWS: parts.rows,
     })
     profiles.index.name = C.USER_ID
     return profiles.reset_index()[C.PROFILE_CLUSTER_COLUMNS]
+
+
+def compute_profiles(train: pd.DataFrame) -> pd.DataFrame:
+    """PROFILE_CLUSTER_COLUMNS for every user of the train plays (one row per user, by id)."""
+    return profiles_of(profile_parts(train))
+
+
+def engine_parts(layout: WorkLayout, engine: str, spark_master: str | None) -> ProfileParts:
+    """The profile parts of the train split of final_dir, from the chosen engine."""
+    if engine == "spark":
+        from utils.profiles_spark import spark_profile_parts
+
+        return spark_profile_parts(layout.final_dir / "train", spark_master)
+    return profile_parts(read_final_split(layout.root, "train"))
 
 
 def check_thresholds(params: ClusterParams) -> None:
@@ -132,15 +163,22 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 
 @locked_stage("final_dir", reads=("summary_dir",))
-def build_user_profiles(work: str | Path, params: ClusterParams) -> dict[str, Any]:
-    """Write the eligible users' train profiles and the excluded users with their reasons."""
+def build_user_profiles(work: str | Path, params: ClusterParams, engine: str = "local",
+                        spark_master: str | None = None) -> dict[str, Any]:
+    """Write the eligible users' train profiles and the excluded users with their reasons.
+
+    `spark_master` (engine spark): a master URL or sc://host:port (default SPARK_REMOTE, else
+    local[*]).
+    """
+    check_engine(engine)
+    check_engine_target(engine, spark_master)
     check_thresholds(params)
     layout = WorkLayout(Path(work))
     final_dir = layout.final_dir
     with Timer() as timer:
         require_stage(final_dir, SESSION_DATA_STAGE)
         all_users = load_user_ids(layout.root)[C.USER_ID].to_numpy()
-        profiles = compute_profiles(read_final_split(layout.root, "train"))
+        profiles = profiles_of(engine_parts(layout, engine, spark_master))
         failed = exclusion_reasons(profiles, params)
         no_train = np.setdiff1d(all_users, profiles[C.USER_ID].to_numpy())
         excluded = excluded_table(profiles, failed, no_train)
@@ -157,9 +195,9 @@ def build_user_profiles(work: str | Path, params: ClusterParams) -> dict[str, An
         outputs=[layout.user_profile_cluster.name, EXCLUDED_FILE],
         timings={"total": timer.seconds},
     )
-    annotate_stage(final_dir, STAGE, excluded_by_reason=by_reason)
-    return {"users": len(all_users), "eligible": len(eligible), "excluded": len(excluded),
-            "excluded_by_reason": by_reason, "thresholds": thresholds,
+    annotate_stage(final_dir, STAGE, excluded_by_reason=by_reason, engine=engine)
+    return {"engine": engine, "users": len(all_users), "eligible": len(eligible),
+            "excluded": len(excluded), "excluded_by_reason": by_reason, "thresholds": thresholds,
             "profile_file": str(layout.user_profile_cluster), "seconds": round(timer.seconds, 2)}
 
 

@@ -25,7 +25,23 @@ from utils import columns as C
 from utils import summaries
 from utils.config import WorkLayout
 from utils.errors import SessionlenError
+from utils.final_dir import (
+    FINAL_TYPES,
+    FROM_SESSION,
+    PROFILES_STAGE,
+    SESSION_DATA_STAGE,
+    SPLIT,
+    SPLIT_COUNTS,
+    PlaySource,
+    check_engine,
+    check_play_count,
+    check_sessions_match,
+    open_play_source,
+    split_counts,
+    write_final_csv,
+)
 from utils.sessions import session_lengths, session_starts
+from utils.spark import check_engine_target
 from utils.stage_io import (
     Timer,
     annotate_stage,
@@ -34,14 +50,10 @@ from utils.stage_io import (
     require_stage,
     write_manifest,
 )
-from utils.vocab import UNKNOWN_ID, Vocabulary, read_vocabularies
+from utils.vocab import Vocabulary, read_vocabularies
 from utils.work_lock import locked_stage, reading_stage
 
-STAGE = "session_data"
-PROFILES_STAGE = "profiles"
-SPLIT = "split"  # index into columns.SPLITS: 0 train, 1 validate, 2 test
-# Summary lengths are rounded to the millisecond; recomputed ones may differ by half of one.
-LENGTH_TOLERANCE_S = 1e-3
+STAGE = SESSION_DATA_STAGE
 READ_THREADS = 2
 PREFETCH_USERS = 4
 _NAMES = pa.dictionary(pa.int32(), pa.string())
@@ -49,56 +61,6 @@ _PLAY_TYPES: dict[str, pa.DataType] = {
     C.TIMESTAMP: pa.timestamp("ms", tz="UTC"), C.ARTIST_NAME: _NAMES, C.TRACK_NAME: _NAMES,
     C.DURATION: pa.float64(),
 }
-_INT_COLUMNS = {
-    C.USER_ID, C.CURRENT_TIMESTAMP, C.START_TIMESTAMP, C.SESSION_ID, C.GENDER, C.AGE, C.COUNTRY,
-    C.REGISTERED, C.TIMES_PLAYED, C.ARTIST_NAME, C.TRACK_NAME,
-}
-FINAL_TYPES: dict[str, pa.DataType] = {
-    name: pa.int64() if name in _INT_COLUMNS else pa.float64() for name in C.FINAL_COLUMNS
-}
-
-
-@dataclass(frozen=True)
-class PlaySource:
-    """The denormalized plays of every user and the summarized sessions they must match."""
-
-    user_dir: Path
-    summary_dir: Path
-    users: dict[str, list[Path]]
-    user_codes: dict[str, int]
-    sessions: pd.DataFrame
-    gap_minutes: float
-    expected_plays: int
-
-    def user_sessions(self, code: int) -> pd.DataFrame:
-        """One user's sessions of every split, in time order (a slice of `sessions`)."""
-        codes = self.sessions[C.USER_ID].to_numpy()
-        lo, hi = np.searchsorted(codes, [code, code + 1])
-        return self.sessions.iloc[lo:hi]
-
-
-def open_play_source(layout: WorkLayout) -> PlaySource:
-    """Check the denormalize and summarize stages and load what matching plays needs."""
-    require_stage(layout.user_dir, "denormalize")
-    entry = require_stage(layout.summary_dir, "summarize")
-    users = summaries.user_files(layout.user_dir)
-    ids = summaries.load_user_ids(layout.root)
-    codes = dict(zip(ids[summaries.SOURCE_ID], ids[C.USER_ID].astype(int), strict=True))
-    unknown = sorted(set(users) - set(codes))
-    if unknown:
-        raise SessionlenError(
-            f"{layout.summary_dir / summaries.USER_IDS_FILE}: no integer id for user "
-            f"{unknown[0]} of user_dir ({len(unknown)} such users); rerun `sessionlen summarize`"
-        )
-    frames = [frame.assign(**{SPLIT: np.int8(C.SPLITS.index(name))})
-              for name, frame in summaries.load_summaries(layout.root).items()]
-    sessions = pd.concat(frames, ignore_index=True).sort_values(
-        [C.USER_ID, C.TIMESTAMP], kind="stable", ignore_index=True)
-    return PlaySource(
-        user_dir=layout.user_dir, summary_dir=layout.summary_dir, users=users, user_codes=codes,
-        sessions=sessions, gap_minutes=float(entry["parameters"]["gap_minutes"]),
-        expected_plays=int(entry["rows_in"]),
-    )
 
 
 @dataclass(frozen=True)
@@ -174,21 +136,7 @@ def match_sessions(plays: UserPlays, sessions: pd.DataFrame, gap_minutes: float,
     stamps, durations = plays.timestamp_ms, plays.duration_s
     starts = session_starts(np.zeros(len(stamps), np.int8), stamps, durations, gap_minutes)
     first, lengths = session_lengths(starts, stamps, durations)
-    expected = sessions[C.TIMESTAMP].to_numpy(np.int64)
-    if len(first) != len(expected) or not np.array_equal(stamps[first], expected):
-        raise SessionlenError(
-            f"{where}: the plays form {len(first)} sessions, summary_dir has {len(expected)} "
-            f"with other start times (user_dir changed after summarizing?); rerun "
-            f"`sessionlen summarize`"
-        )
-    summary_lengths = sessions[C.CURRENT_SESSION_LENGTH].to_numpy(np.float64)
-    off = np.abs(lengths - summary_lengths) > LENGTH_TOLERANCE_S
-    if off.any():
-        i = int(np.flatnonzero(off)[0])
-        raise SessionlenError(
-            f"{where}: session {i} lasts {lengths[i]:.3f} s by the plays but "
-            f"{summary_lengths[i]:.3f} s in summary_dir; rerun `sessionlen summarize`"
-        )
+    check_sessions_match(stamps[first], lengths, sessions, where)
     return np.cumsum(starts) - 1
 
 
@@ -207,16 +155,6 @@ def times_played(session_row: np.ndarray, track: np.ndarray) -> np.ndarray:
     counts = np.empty(len(key), np.int64)
     counts[order] = index - group_start + 1
     return counts
-
-
-# Columns copied from each play's session row (final name <- summary name).
-_FROM_SESSION = {
-    C.USER_ID: C.USER_ID, C.START_TIMESTAMP: C.TIMESTAMP, C.SESSION_ID: C.SESSION_ID,
-    C.PREVIOUS_SESSION_LENGTH: C.PREVIOUS_SESSION_LENGTH,
-    C.AVERAGE_SESSION_LENGTH: C.AVERAGE_SESSION_LENGTH, C.GENDER: C.GENDER, C.AGE: C.AGE,
-    C.COUNTRY: C.COUNTRY, C.REGISTERED: C.REGISTERED, C.SESSION_LENGTH: C.CURRENT_SESSION_LENGTH,
-    SPLIT: SPLIT,
-}
 
 
 @dataclass(frozen=True)
@@ -257,7 +195,7 @@ def split_plays(user: str, plays: UserPlays, sessions: pd.DataFrame, gap_minutes
                 where: str) -> SplitPlays:
     """Each play of a user with its session's summary values and split."""
     row = match_sessions(plays, sessions, gap_minutes, where)
-    session = {final: sessions[name].to_numpy()[row] for final, name in _FROM_SESSION.items()}
+    session = {final: sessions[name].to_numpy()[row] for final, name in FROM_SESSION.items()}
     play = {
         C.CURRENT_TIMESTAMP: plays.timestamp_ms,
         C.TRACK_DURATION: plays.duration_s,
@@ -293,41 +231,43 @@ def iter_split_plays(source: PlaySource) -> Iterator[SplitPlays]:
             yield pending.popleft().result()
 
 
-def check_play_count(source: PlaySource, plays: int) -> None:
-    """Fail unless every play summarize read was assigned to a split here."""
-    if plays != source.expected_plays:
-        raise SessionlenError(
-            f"{source.user_dir}: {plays} plays now, but summarize read {source.expected_plays}; "
-            f"rerun `sessionlen summarize`"
-        )
+def write_local(source: PlaySource, vocabs: dict[str, Vocabulary], out: dict[str, Path]
+                ) -> tuple[dict[str, dict[str, int]], int]:
+    """Local engine: write every user's per-split files into `out`; (totals per split, plays)."""
+    totals = {name: dict.fromkeys(SPLIT_COUNTS, 0) for name in C.SPLITS}
+    plays_in = 0
+    for plays in iter_split_plays(source):
+        plays_in += len(plays.rows)
+        encoded = plays.encoded(vocabs)
+        for name in C.SPLITS:
+            part = encoded[plays.in_split(name)]
+            if len(part):
+                write_final_csv(part, out[name] / f"{plays.user}.csv")
+            for key, value in split_counts(part).items():
+                totals[name][key] += value
+    check_play_count(source, plays_in)
+    return totals, plays_in
 
 
-def write_final_csv(frame: pd.DataFrame, path: Path) -> None:
-    """One final_dir file: FINAL_COLUMNS with the pyarrow CSV writer (unknown values empty)."""
-    table = pa.table({name: pa.array(frame[name].to_numpy(), FINAL_TYPES[name], from_pandas=True)
-                      for name in C.FINAL_COLUMNS})
-    with open(path, "wb") as fh:
-        fh.write((",".join(C.FINAL_COLUMNS) + "\n").encode())
-        pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(include_header=False))
+def write_spark(source: PlaySource, vocabs: dict[str, Vocabulary], out: dict[str, Path],
+                spark_master: str | None) -> tuple[dict[str, dict[str, int]], int]:
+    """Spark engine: the same files, written by Spark's workers."""
+    from utils.session_data_spark import spark_session_data
 
-
-SPLIT_COUNTS = ["plays", "sessions", "users", "unknown_artist_plays", "unknown_track_plays"]
-
-
-def _split_counts(frame: pd.DataFrame) -> dict[str, int]:
-    """Plays, sessions and unknown-name plays of one user's rows of one split."""
-    return {
-        "plays": len(frame),
-        "sessions": int(frame[C.SESSION_ID].nunique()),
-        "users": int(len(frame) > 0),
-        "unknown_artist_plays": int((frame[C.ARTIST_NAME] == UNKNOWN_ID).sum()),
-        "unknown_track_plays": int((frame[C.TRACK_NAME] == UNKNOWN_ID).sum()),
-    }
+    tables = {name: vocab.table for name, vocab in vocabs.items()}
+    return spark_session_data(source, tables, out, spark_master)
 
 
 @locked_stage("final_dir", reads=("user_dir", "summary_dir"))
-def build_session_data(work: str | Path) -> dict[str, Any]:
-    """Write final_dir/{train,validate,test}/{user_id}.csv: every play, in its session's split."""
+def build_session_data(work: str | Path, engine: str = "local", spark_master: str | None = None
+                       ) -> dict[str, Any]:
+    """Write final_dir/{train,validate,test}/{user_id}.csv: every play, in its session's split.
+
+    `spark_master` (engine spark): a master URL or sc://host:port (default SPARK_REMOTE, else
+    local[*]).
+    """
+    check_engine(engine)
+    check_engine_target(engine, spark_master)
     layout = WorkLayout(Path(work))
     with Timer() as timer:
         source = open_play_source(layout)
@@ -335,30 +275,23 @@ def build_session_data(work: str | Path) -> dict[str, Any]:
         # New per-play files make the profiles built on the old ones stale.
         for stage in (STAGE, PROFILES_STAGE):
             forget_stage(layout.final_dir, stage)
-        totals = {name: dict.fromkeys(SPLIT_COUNTS, 0) for name in C.SPLITS}
-        plays_in = 0
         with contextlib.ExitStack() as stack:
             out = {name: stack.enter_context(atomic_dir(layout.final_dir / name))
                    for name in C.SPLITS}
-            for plays in iter_split_plays(source):
-                plays_in += len(plays.rows)
-                encoded = plays.encoded(vocabs)
-                for name in C.SPLITS:
-                    part = encoded[plays.in_split(name)]
-                    if len(part):
-                        write_final_csv(part, out[name] / f"{plays.user}.csv")
-                    for key, value in _split_counts(part).items():
-                        totals[name][key] += value
-            check_play_count(source, plays_in)
+            if engine == "spark":
+                totals, plays_in = write_spark(source, vocabs, out, spark_master)
+            else:
+                totals, plays_in = write_local(source, vocabs, out)
     plays_out = sum(t["plays"] for t in totals.values())
     write_manifest(
         layout.final_dir, STAGE, inputs=[layout.user_dir, layout.summary_dir, layout.vocab],
-        parameters={"gap_minutes": source.gap_minutes}, rows_in=plays_in, rows_out=plays_out,
-        rows_rejected=0, outputs=list(C.SPLITS), timings={"total": timer.seconds},
+        parameters={"gap_minutes": source.gap_minutes, "engine": engine}, rows_in=plays_in,
+        rows_out=plays_out, rows_rejected=0, outputs=list(C.SPLITS),
+        timings={"total": timer.seconds},
     )
     annotate_stage(layout.final_dir, STAGE, splits=totals)
-    return {"final_dir": str(layout.final_dir), "plays": plays_in, "splits": totals,
-            "seconds": round(timer.seconds, 2)}
+    return {"final_dir": str(layout.final_dir), "engine": engine, "plays": plays_in,
+            "splits": totals, "seconds": round(timer.seconds, 2)}
 
 
 def session_data_overview(work: str | Path) -> pd.DataFrame:

@@ -101,7 +101,7 @@ def numbered_text(spark: SparkSession, path: Path) -> DataFrame:
     """The file's lines (split on LF only) with their partition and an id ordered as the file."""
     from pyspark.sql import functions as F
 
-    return spark.read.option("lineSep", "\n").text(str(path)).select(
+    return spark.read.option("lineSep", "\n").text(os.path.abspath(path)).select(
         F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("id"),
         "value")
 
@@ -424,7 +424,7 @@ def write_user_texts(joined: DataFrame, out_dir: Path) -> list[str]:
          .sortWithinPartitions(C.USER_ID, TS_S, F.col(LINE).desc())
          .select(C.USER_ID, "value")
          .write.mode("overwrite").partitionBy(C.USER_ID).option("lineSep", "\n")
-         .text(str(staging)))
+         .text(os.path.abspath(staging)))
         return move_user_files(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -43,6 +43,7 @@ from utils.columns import (
 from utils.config import USER_ID_PATTERN, SessionParams, WorkLayout
 from utils.errors import SessionlenError
 from utils.sessions import session_lengths, session_starts
+from utils.spark import check_engine_target
 from utils.splits import check_fractions, split_codes
 from utils.stage_io import Timer, atomic_dir, require_stage, write_manifest
 from utils.work_lock import locked_stage, reading_stage
@@ -429,6 +430,7 @@ def summarize(work: Path, params: SessionParams, engine: str = "local",
     """Sessions, per-session summaries and splits of WORK/user_dir into WORK/summary_dir."""
     layout = WorkLayout(Path(work))
     check_engine(engine)
+    check_engine_target(engine, spark_master)
     if not params.gap_minutes > 0:
         raise SessionlenError(f"SessionParams gap_minutes={params.gap_minutes} must be positive")
     check_fractions(params.train_fraction, params.validate_fraction)

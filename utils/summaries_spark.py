@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -55,8 +56,8 @@ _FILE_INDEX = "_file_index"
 _FOLDER = "_folder"
 _BLOCK = "_block"
 _ROW = "_row"
-_TS_MS = "_ts_ms"
-_RANK = "_rank"
+TS_MS = "_ts_ms"
+PLAY_RANK = "_rank"
 _IS_START = "_is_start"
 _IS_END = "_is_end"
 _EARLIER = "_earlier_ms"
@@ -166,16 +167,16 @@ def raise_on_problems(table: pd.DataFrame, uris: Sequence[str]) -> None:
                               f"({count} invalid row(s) in all files)")
 
 
-def mark_sessions(plays: DataFrame, gap_minutes: float) -> DataFrame:
+def mark_sessions(plays: DataFrame, gap_minutes: float, keep: Sequence[str] = ()) -> DataFrame:
     """Each play, typed, with its rank in the user's plays, its 0-based session id and whether
-    it is the first and the last play of its session."""
+    it is the first and the last play of its session; `keep` names raw columns carried along."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    order = Window.partitionBy(USER_ID).orderBy(_TS_MS, _FILE_INDEX, _BLOCK, _ROW)
+    order = Window.partitionBy(USER_ID).orderBy(TS_MS, _FILE_INDEX, _BLOCK, _ROW)
     typed = with_parsed_values(plays).select(
-        USER_ID, _FILE_INDEX, _BLOCK, _ROW, problem().alias(_PROBLEM),
-        F.unix_millis(_PARSED_TS).alias(_TS_MS),
+        USER_ID, _FILE_INDEX, _BLOCK, _ROW, *keep, problem().alias(_PROBLEM),
+        F.unix_millis(_PARSED_TS).alias(TS_MS),
         F.col(_PARSED_DURATION).alias(DURATION),
         F.when(F.col(GENDER) == "m", 1).when(F.col(GENDER) == "f", 0).otherwise(UNKNOWN)
         .cast("long").alias(GENDER),
@@ -185,13 +186,13 @@ def mark_sessions(plays: DataFrame, gap_minutes: float) -> DataFrame:
                    F.lit(UNKNOWN).cast("long")).alias(REGISTERED),
     )
     # The rule of utils.sessions.session_starts, with the same double arithmetic.
-    gap = ((F.col(_TS_MS) - F.lag(_TS_MS).over(order)).cast("double")
+    gap = ((F.col(TS_MS) - F.lag(TS_MS).over(order)).cast("double")
            - F.coalesce(F.lag(DURATION).over(order), F.lit(0.0)) * 1000.0)
     marked = typed.select(
         "*",
-        (F.lag(_TS_MS).over(order).isNull() | (gap > F.lit(gap_minutes * 60_000.0)))
+        (F.lag(TS_MS).over(order).isNull() | (gap > F.lit(gap_minutes * 60_000.0)))
         .alias(_IS_START),
-        F.row_number().over(order).alias(_RANK),
+        F.row_number().over(order).alias(PLAY_RANK),
     )
     # Same partitioning and order as above: Spark reuses the sort, no second shuffle.
     return marked.select(
@@ -220,11 +221,11 @@ def session_rows(marked: DataFrame) -> DataFrame:
     # reported after the one pass over the data) are grouped and sorted for it; the plays are
     # already hashed by user, so grouping needs no shuffle.
     ends = marked.where(F.col(_IS_START) | F.col(_IS_END) | F.col(_PROBLEM).isNotNull())
-    first = [F.min_by(name, _RANK).alias(name) for name in (GENDER, AGE, COUNTRY, REGISTERED)]
+    first = [F.min_by(name, PLAY_RANK).alias(name) for name in (GENDER, AGE, COUNTRY, REGISTERED)]
     sessions = ends.groupBy(USER_ID, SESSION_ID).agg(
-        F.min(_TS_MS).alias(TIMESTAMP), F.max(_TS_MS).alias("_last_ts"),
-        F.max_by(F.coalesce(F.col(DURATION), F.lit(0.0)), _RANK).alias("_last_duration"),
-        (F.max(_RANK) - F.min(_RANK) + 1).alias(PLAYS), *first,
+        F.min(TS_MS).alias(TIMESTAMP), F.max(TS_MS).alias("_last_ts"),
+        F.max_by(F.coalesce(F.col(DURATION), F.lit(0.0)), PLAY_RANK).alias("_last_duration"),
+        (F.max(PLAY_RANK) - F.min(PLAY_RANK) + 1).alias(PLAYS), *first,
         *problem_counts(),
     )
     # utils.sessions.session_lengths in seconds, then utils.summaries.to_milliseconds.
@@ -314,7 +315,7 @@ def spark_sessions(users: dict[str, list[Path]], gap_minutes: float,
         check_header(path)
     if not paths:
         return pd.DataFrame({name: [] for name in SESSION_TABLE_COLUMNS}), 0
-    plays, uris = read_plays(get_spark(master), [str(p) for p in paths])
+    plays, uris = read_plays(get_spark(master), [os.path.abspath(p) for p in paths])
     table = collect(with_history(session_rows(mark_sessions(plays, gap_minutes))))
     raise_on_problems(table, uris)
     # Every play read falls in exactly one session (the window covers all rows).

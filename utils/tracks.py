@@ -21,6 +21,7 @@ from utils import columns as C
 from utils.config import WorkLayout
 from utils.csv_text import format_fixed, format_int, join_lines, quote_minimal, write_lines
 from utils.errors import SessionlenError
+from utils.spark import check_engine_target
 from utils.stage_io import Timer, atomic_dir, require_file, write_manifest
 from utils.work_lock import locked_stage
 
@@ -244,6 +245,7 @@ def build_unique_tracks(raw: Path, work: Path, engine: str = "local",
                         spark_master: str | None = None) -> dict:
     """Stage tracks: write WORK/tracks/unique_tracks.csv and its manifest; return a summary."""
     check_engine(engine)
+    check_engine_target(engine, spark_master)
     raw, layout = Path(raw), WorkLayout(Path(work))
     plays_path = require_file(raw / C.PLAYS_FILE, "plays file")
     with Timer() as build:

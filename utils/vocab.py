@@ -21,13 +21,23 @@ from utils import columns as C
 from utils import summaries
 from utils.config import WorkLayout
 from utils.errors import SessionlenError
+from utils.final_dir import (
+    COUNT,
+    ID,
+    PROFILES_STAGE,
+    SESSION_DATA_STAGE,
+    UNKNOWN_ID,
+    VOCAB_STAGE,
+    PlaySource,
+    check_engine,
+    check_play_count,
+    open_play_source,
+)
+from utils.spark import check_engine_target
 from utils.stage_io import Timer, atomic_dir, forget_stage, require_stage, write_manifest
 from utils.work_lock import locked_stage
 
-UNKNOWN_ID = 0
-ID = "id"
-COUNT = "count"
-STAGE = "vocab"
+STAGE = VOCAB_STAGE
 # Vocabulary name -> the columns that identify one entry.
 VOCAB_KEYS: dict[str, list[str]] = {
     "artists": [C.ARTIST_NAME],
@@ -141,45 +151,71 @@ def _concat_counts(parts: list[pd.DataFrame], keys: Sequence[str]) -> pd.DataFra
     return pd.concat(parts, ignore_index=True)
 
 
-@locked_stage("final_dir", reads=("user_dir", "summary_dir"))
-def build_vocab(work: str | Path) -> dict[str, Any]:
-    """Fit the artist, track and country vocabularies on the train plays; write final_dir/vocab."""
+def local_train_counts(source: PlaySource) -> tuple[dict[str, pd.DataFrame], pd.Series, int]:
+    """Local engine: (train plays per artist and per track, per country code; plays read)."""
     # session_data encodes plays with this module's vocabularies, so it is imported at call time.
     from utils import session_data
 
+    parts: dict[str, list[pd.DataFrame]] = {"artists": [], "tracks": []}
+    country_counts: list[pd.Series] = []
+    plays_in = 0
+    for plays in session_data.iter_split_plays(source):
+        plays_in += len(plays.rows)
+        train = plays.in_split("train")
+        for name in parts:
+            parts[name].append(named(plays.name_counts(name, train), VOCAB_KEYS[name]))
+        country_counts.append(plays.rows.loc[train, C.COUNTRY].value_counts())
+    check_play_count(source, plays_in)
+    per_code = (pd.concat(country_counts).groupby(level=0).sum() if country_counts
+                else pd.Series(dtype=np.int64))
+    return ({name: _concat_counts(chunks, VOCAB_KEYS[name]) for name, chunks in parts.items()},
+            per_code, plays_in)
+
+
+def spark_train_counts(source: PlaySource, spark_master: str | None
+                       ) -> tuple[dict[str, pd.DataFrame], pd.Series, int]:
+    """Spark engine: the same counts, from Spark's train plays per (artist, track, country)."""
+    from utils.vocab_spark import spark_train_counts as counts_on_spark
+
+    table, plays_in = counts_on_spark(source, spark_master)
+    names = {name: named(table, keys).groupby(keys, sort=False, as_index=False)[COUNT].sum()
+             for name, keys in VOCAB_KEYS.items() if name != "countries"}
+    return names, table.groupby(C.COUNTRY)[COUNT].sum(), plays_in
+
+
+@locked_stage("final_dir", reads=("user_dir", "summary_dir"))
+def build_vocab(work: str | Path, engine: str = "local", spark_master: str | None = None
+                ) -> dict[str, Any]:
+    """Fit the artist, track and country vocabularies on the train plays; write final_dir/vocab.
+
+    `spark_master` (engine spark): a master URL or sc://host:port (default SPARK_REMOTE, else
+    local[*]).
+    """
+    check_engine(engine)
+    check_engine_target(engine, spark_master)
     layout = WorkLayout(Path(work))
     with Timer() as timer:
-        source = session_data.open_play_source(layout)
+        source = open_play_source(layout)
         # New ids make the per-play files and the profiles built with the old ones stale.
-        for stage in (STAGE, session_data.STAGE, session_data.PROFILES_STAGE):
+        for stage in (STAGE, SESSION_DATA_STAGE, PROFILES_STAGE):
             forget_stage(layout.final_dir, stage)
-        parts: dict[str, list[pd.DataFrame]] = {"artists": [], "tracks": []}
-        country_counts: list[pd.Series] = []
-        plays_in = train_plays = 0
-        for plays in session_data.iter_split_plays(source):
-            plays_in += len(plays.rows)
-            train = plays.in_split("train")
-            train_plays += int(train.sum())
-            for name in parts:
-                parts[name].append(named(plays.name_counts(name, train), VOCAB_KEYS[name]))
-            country_counts.append(plays.rows.loc[train, C.COUNTRY].value_counts())
-        session_data.check_play_count(source, plays_in)
-        tables = {name: fit_vocab(_concat_counts(chunks, VOCAB_KEYS[name]), VOCAB_KEYS[name])
-                  for name, chunks in parts.items()}
-        per_code = (pd.concat(country_counts).groupby(level=0).sum() if country_counts
-                    else pd.Series(dtype=np.int64))
+        if engine == "spark":
+            names, per_code, plays_in = spark_train_counts(source, spark_master)
+        else:
+            names, per_code, plays_in = local_train_counts(source)
+        tables = {name: fit_vocab(counts, VOCAB_KEYS[name]) for name, counts in names.items()}
         tables["countries"] = country_vocab(summaries.load_country_vocab(layout.root), per_code)
         with atomic_dir(layout.vocab) as tmp:
             for name, table in tables.items():
                 write_vocab(table, tmp / f"{name}.csv")
     write_manifest(
         layout.final_dir, STAGE, inputs=[layout.user_dir, layout.summary_dir],
-        parameters={"fit_on": "train", "unknown_id": UNKNOWN_ID,
+        parameters={"fit_on": "train", "unknown_id": UNKNOWN_ID, "engine": engine,
                     "order": "train plays desc, then name (countries: summarize codes)"},
         rows_in=plays_in, rows_out=plays_in, rows_rejected=0,
         outputs=[f"vocab/{name}.csv" for name in VOCAB_KEYS], timings={"total": timer.seconds},
     )
-    return {"plays": plays_in, "train_plays": train_plays,
+    return {"engine": engine, "plays": plays_in, "train_plays": int(per_code.sum()),
             "sizes": {name: len(table) for name, table in tables.items()},
             "vocab_dir": str(layout.vocab), "seconds": round(timer.seconds, 2)}
 
