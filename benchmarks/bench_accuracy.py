@@ -1,7 +1,7 @@
 """Accuracy across datasets: every model's normalized MAE and headroom over several seeds.
 
 Usage: python benchmarks/bench_accuracy.py [--seeds 1 2 3] [--scale demo]
-       [--mechanics standard variant] [--out DIR]
+       [--mechanics standard variant] [--out DIR] [--reuse]
 
 For each generator mechanics and seed it generates a synthetic dataset (reused when present),
 runs the whole pipeline on it (`sessionlen run`, each run's log in DIR/logs/), and reads the
@@ -36,9 +36,23 @@ def dataset(out: Path, mechanics: str, scale: str, seed: int) -> Path:
     return raw
 
 
-def run_pipeline(out: Path, raw: Path, name: str, scale: str, seed: int) -> pd.DataFrame:
-    """Run every notebook on `raw` (log in out/logs/) and return each stage's latest rows."""
+def recorded_runs(work: Path) -> pd.DataFrame:
+    """The latest rows of each stage recorded in WORK, labelled like the report's tables."""
+    rows = latest_runs(load_experiments(work))
+    return rows.assign(label=model_labels(rows))
+
+
+def run_pipeline(out: Path, raw: Path, name: str, scale: str, seed: int, reuse: bool
+                 ) -> pd.DataFrame:
+    """Run every notebook on `raw` (log in out/logs/) and return each stage's latest rows.
+
+    With `reuse`, a WORK whose both stages are recorded already is read instead of rerun.
+    """
     work, log = out / "work" / name, out / "logs" / f"{name}.log"
+    if reuse and (work / "results" / "experiments.csv").is_file():
+        rows = recorded_runs(work)
+        if set(rows["stage"]) == {"baseline", "clusters"}:
+            return rows
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "utils.cli", "run", "--raw", str(raw), "--work", str(work),
                "--scale", scale, "--seed", str(seed)]
@@ -46,8 +60,7 @@ def run_pipeline(out: Path, raw: Path, name: str, scale: str, seed: int) -> pd.D
         done = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"bench_accuracy: the run on {raw} failed; see {log}")
-    rows = latest_runs(load_experiments(work))
-    return rows.assign(label=model_labels(rows))
+    return recorded_runs(work)
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:
@@ -82,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=list(config.SCALES), default="demo")
     parser.add_argument("--mechanics", choices=list(MECHANICS), nargs="+", default=["standard"])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--reuse", action="store_true",
+                        help="read runs already complete in DIR instead of rerunning them")
     args = parser.parse_args(argv)
     frames = []
     for mechanics in args.mechanics:
@@ -89,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             raw = dataset(args.out, mechanics, args.scale, seed)
             name = f"{mechanics}-{args.scale}-{seed}"
             print(f"running the pipeline on {name} ...", flush=True)
-            frames.append(run_pipeline(args.out, raw, name, args.scale, seed)
+            frames.append(run_pipeline(args.out, raw, name, args.scale, seed, args.reuse)
                           .assign(mechanics=mechanics, seed=seed))
     results = pd.concat(frames, ignore_index=True)
-    results.to_csv(args.out / "accuracy_runs.csv", index=False)
+    results.to_csv(args.out / f"accuracy_runs-{'-'.join(args.mechanics)}.csv", index=False)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(summary(results).round(4).to_string())
         print()

@@ -36,12 +36,15 @@ TOO_FEW = ("clustering needs at least {needed} eligible users ({why}); user_prof
            "has 1 of the 2 users (max_average_length=20000.0, min_rows=500, min_sessions=30): "
            "lower clusters or the eligibility thresholds "
            "(models_with_clusters/3_build_user_profiles), or use data with more listeners")
-SKIP_4 = TOO_FEW.format(needed=4, why="clusters=4; the elbow needs 3 values of k")
-SKIP_5 = TOO_FEW.format(needed=4, why="clusters=4")
-ROW = ("import numpy as np\nfrom utils.results import append_experiments, experiment_row\n"
-       "append_experiments(work_dir, [experiment_row(run_id='r1', stage='baseline', "
-       "model='user_mean', actual_s=np.array([1.0, 3.0]), predicted_s=np.array([2.0, 2.0]), "
-       "baseline_s=np.array([2.0, 2.0]))])")
+SKIP_4 = TOO_FEW.format(
+    needed=3, why="choosing the number of clusters; the elbow needs 3 values of k")
+SKIP_5 = TOO_FEW.format(needed=3, why="choosing the number of clusters")
+ROW = ("from utils.columns import EXPERIMENT_COLUMNS\n"
+       "from utils.results import append_experiments\n"
+       "row = {**dict.fromkeys(EXPERIMENT_COLUMNS, 1.0), 'run_id': 'r1', 'stage': 'baseline', "
+       "'finished_at': '2026-01-01T00:00:00Z', 'model': 'user_mean', 'params': '{}', "
+       "'reference': 'user_median_running', 'selected': False}\n"
+       "append_experiments(work_dir, [row])")
 
 
 def _notebook(path: Path, body: str) -> Path:

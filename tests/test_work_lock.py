@@ -177,14 +177,18 @@ RECORD_SCRIPT = """
 import sys, types
 from pathlib import Path
 import pandas as pd
+from utils.columns import COMPARISON_COLUMNS, EXPERIMENT_COLUMNS
 from utils.experiment import record_results
 work, tag, times = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+kept = [c for c in EXPERIMENT_COLUMNS if c not in ("run_id", "finished_at", "stage")]
 for i in range(times):
-    table = pd.DataFrame({"label": [f"{tag}-{i}-{j}" for j in range(3)], "n_test": 10,
-                          "mae_s": 1.0, "rmse_s": 2.0, "baseline_mae_s": 1.5,
-                          "normalized_mae": 0.5, "train_seconds": 0.0, "params": "{}"})
-    table["model"] = table["label"]
-    record_results(types.SimpleNamespace(work=work, run_id=f"{tag}-{i}"), table)
+    labels = [f"{tag}-{i}-{j}" for j in range(3)]
+    table = pd.DataFrame({**dict.fromkeys(kept, 1.0), "label": labels, "model": labels,
+                          "params": "{}", "reference": "user_mean", "selected": False,
+                          "n_test": 10})
+    compared = pd.DataFrame({**dict.fromkeys(COMPARISON_COLUMNS[2:], 1.0), "model": labels,
+                             "versus": "user_mean", "verdict": "not distinguishable"})
+    record_results(types.SimpleNamespace(work=work, run_id=f"{tag}-{i}"), table, compared)
 """
 
 

@@ -91,7 +91,8 @@ def check_some_trainable(trained: list[int], params: ClusterParams) -> None:
             f"no cluster has the min_cluster_users={params.min_cluster_users} users, "
             f"{MIN_TRAIN_SESSIONS} train sessions and a validation session a model of its own "
             f"needs, so per-cluster models would all be the global one: lower min_cluster_users "
-            f"or clusters={params.clusters}, or use data with more listeners")
+            f"or set fewer clusters (clusters={params.clusters}), or use data with more "
+            f"listeners")
 
 
 def check_model_options(params: ClusterParams, model: str) -> None:

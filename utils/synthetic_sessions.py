@@ -211,6 +211,18 @@ def plan_starts(rng: np.random.Generator, users: Users) -> tuple[np.ndarray, np.
     return who[order], start[order]
 
 
+def session_grid(owner: np.ndarray, n_users: int) -> np.ndarray:
+    """Users x session index -> position in `owner` (sessions grouped by user), -1 past the end.
+
+    The laws step through every user's k-th session at once; this is the lookup they step on.
+    """
+    counts = np.bincount(owner, minlength=n_users)
+    index = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    grid = np.full((n_users, counts.max()), -1, dtype=np.int64)
+    grid[owner, index] = np.arange(len(owner))
+    return grid
+
+
 def simulate_sessions(
     rng: np.random.Generator, users: Users, owner: np.ndarray, planned_s: np.ndarray,
     first_duration: np.ndarray, first_track: np.ndarray,
@@ -221,10 +233,7 @@ def simulate_sessions(
     Sessions starting too late to surely end before the dataset's last second are dropped: the
     choice depends on start times only, so it selects nothing about a kept session's length.
     """
-    counts = np.bincount(owner, minlength=users.n)
-    index = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
-    grid = np.full((users.n, counts.max()), -1, dtype=np.int64)
-    grid[owner, index] = np.arange(len(owner))
+    grid = session_grid(owner, users.n)
     start = np.zeros(len(owner), dtype=np.int64)
     length = np.zeros(len(owner), dtype=np.int64)
     mu = np.zeros(len(owner))

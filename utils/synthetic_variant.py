@@ -40,6 +40,7 @@ from utils.synthetic_sessions import (
     Users,
     day_grid,
     draw_days,
+    session_grid,
     skip_habits,
 )
 
@@ -227,10 +228,7 @@ def simulate_sessions(
     As in the standard law, a session planned before the previous one ended plus the break
     starts after it, and sessions too late to surely end inside the dataset are dropped.
     """
-    counts = np.bincount(owner, minlength=users.n)
-    index = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
-    grid = np.full((users.n, counts.max()), -1, dtype=np.int64)
-    grid[owner, index] = np.arange(len(owner))
+    grid = session_grid(owner, users.n)
     start = np.zeros(len(owner), dtype=np.int64)
     length = np.zeros(len(owner), dtype=np.int64)
     mu, checkin = np.zeros(len(owner)), np.zeros(len(owner))
