@@ -11,7 +11,9 @@ from utils.errors import SessionlenError
 from utils.features import (
     CONTEXT_FEATURES,
     LOG_LENGTH,
+    STANDARD_CLIP,
     STEP_FEATURES,
+    Standardizer,
     TargetScaler,
     add_session_features,
     build_feature_set,
@@ -202,10 +204,20 @@ def test_context_has_no_missing_values_and_is_standardized_on_train(splits):
     assert features.context.shape == (len(features.sessions), len(features.context_names))
     assert features.context_names[:len(CONTEXT_FEATURES)] == CONTEXT_FEATURES
     assert np.isfinite(features.context).all()
+    assert np.abs(features.context).max() <= STANDARD_CLIP
     train = features.context[features.rows["train"]]
-    informative = train.std(axis=0) > 1e-6
-    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-5)
+    # Columns with no train value at the clip are exactly standardized on train.
+    unclipped = (np.abs(train) < STANDARD_CLIP).all(axis=0)
+    informative = unclipped & (train.std(axis=0) > 1e-6)
+    np.testing.assert_allclose(train.mean(axis=0)[unclipped], 0.0, atol=1e-5)
     np.testing.assert_allclose(train.std(axis=0)[informative], 1.0, rtol=1e-4)
+
+
+def test_standardized_values_far_outside_train_are_clipped():
+    rare = np.r_[np.zeros(999), 1.0][:, None]  # a flag one train row in a thousand has
+    scaler = Standardizer.fit(rare)
+    assert scaler.apply(np.array([[1.0], [0.0]])).ravel().tolist() == pytest.approx(
+        [STANDARD_CLIP, -rare.mean() / rare.std()], rel=1e-5)
 
 
 def test_target_scaler_round_trips_seconds():

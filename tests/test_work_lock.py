@@ -244,7 +244,7 @@ def _todo(catalog: Path, path: Path) -> Path:
 def test_two_crawls_sharing_a_cache_store_each_track_once(tmp_path: Path) -> None:
     catalog = _catalog(tmp_path, 150)
     todo = _todo(catalog, tmp_path / "todo.csv")
-    cache = tmp_path / "shared" / "lastfm_track_info.sqlite"
+    cache = tmp_path / "one_cache" / "lastfm_track_info.sqlite"
     with fake_api_cli(catalog, _env(LASTFM_API_KEY=KEY), tmp_path / "fake-api.log") as url:
         procs = [subprocess.Popen([sys.executable, "-c", CRAWL_SCRIPT, str(cache), str(todo),
                                    KEY, url], cwd=PROJECT_ROOT, env=_env(),

@@ -59,6 +59,7 @@ PEER_DESCRIPTORS = ["hist_median_log", "hist_mean_log", "hist_q25_log", "hist_q7
 # History sizes (sessions) at which a user's own level counts half in the shrunk deviations.
 PEER_SHRINK_SESSIONS = (30, 100)
 RECENT_WINDOW = 5
+STANDARD_CLIP = 5.0
 # Upper end of the peer-group numbers BIC chooses among.
 MAX_PEER_GROUPS = 8
 EWM_FAST_ALPHA = 0.3
@@ -86,8 +87,15 @@ class Standardizer:
         return cls(mean, np.where(std > 1e-9 * np.maximum(1.0, np.abs(mean)), std, 1.0))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """Standardize `values` as float32."""
-        return ((values - self.mean) / self.std).astype(np.float32)
+        """Standardize `values` as float32, clipped to +-STANDARD_CLIP standard deviations.
+
+        A column that is nearly constant on the train rows (the membership of a peer group few
+        train users belong to, a rare flag) can put other rows at hundreds of standard
+        deviations, and a linear read-out then extrapolates to absurd lengths; beyond a few
+        deviations a value says no more than "far out".
+        """
+        scaled = (values - self.mean) / self.std
+        return np.clip(scaled, -STANDARD_CLIP, STANDARD_CLIP).astype(np.float32)
 
 
 @dataclass(frozen=True)
