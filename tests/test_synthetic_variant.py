@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from test_synthetic import plays_with_durations, rule_sessions
+from test_synthetic import assert_rule_measures_ground_truth, plays_with_durations
 
 from utils import config
 from utils.cli import main
-from utils.columns import GT_SESSIONS_COLUMNS, GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
+from utils.columns import GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
 from utils.errors import SessionlenError
 from utils.raw_reader import read_plays, read_profiles
 from utils.synthetic import GROUND_TRUTH, MECHANICS, generate_dataset
@@ -115,14 +115,7 @@ def test_raw_reader_reads_everything(tiny, tmp_path):
 
 def test_session_rule_measures_the_planted_sessions(tiny):
     out, report = tiny
-    plays = plays_with_durations(out)
-    assert plays["duration_s"].notna().all()
-    truth = pd.read_csv(out / GROUND_TRUTH / "sessions.csv", dtype={"user_id": str})
-    assert list(truth.columns) == GT_SESSIONS_COLUMNS and len(truth) == report.sessions
-    for ties_reversed in (False, True):
-        measured, _ = rule_sessions(plays, ties_reversed)
-        pd.testing.assert_frame_equal(
-            measured, truth[["user_id", "start_ms", "length_s"]].astype({"length_s": float}))
+    assert_rule_measures_ground_truth(plays_with_durations(out), out, report.sessions)
 
 
 def test_written_medians_are_medians(tiny):
