@@ -621,7 +621,16 @@ def test_spark_reader_gives_the_same_rows_and_rejects_bytes(
 ) -> None:
     from pyspark.sql import functions as F
 
-    from utils.spark_stages import LINE, TS_S, read_plays_spark, spark_session
+    from utils.plays_spark import (
+        LINE,
+        ROW_ID,
+        TS_S,
+        account_lines,
+        line_number,
+        partition_offsets,
+        read_plays_spark,
+    )
+    from utils.spark_stages import spark_session
 
     local = read_plays(corpus_file, tmp_path / "local")
     spark: SparkSession = spark_session("local[2]")
@@ -629,11 +638,13 @@ def test_spark_reader_gives_the_same_rows_and_rejects_bytes(
     # Small input splits: lines (the 1 MB ones too) straddle split boundaries.
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(256 << 10))
     try:
-        kept, counts = read_plays_spark(spark, corpus_file, tmp_path / "spark")
-        table = kept.orderBy(LINE).select(
-            LINE, C.USER_ID, (F.col(TS_S) * 1000).alias(C.TIMESTAMP), C.ARTIST_MBID,
+        plays = read_plays_spark(spark, corpus_file)
+        numbers = line_number(partition_offsets(spark, corpus_file)).alias(LINE)
+        table = plays.kept.orderBy(ROW_ID).select(
+            numbers, C.USER_ID, (F.col(TS_S) * 1000).alias(C.TIMESTAMP), C.ARTIST_MBID,
             C.ARTIST_NAME, C.TRACK_MBID, C.TRACK_NAME).toArrow()
-        partitions = kept.rdd.getNumPartitions()
+        counts = account_lines(spark, plays, tmp_path / "spark")
+        partitions = plays.kept.rdd.getNumPartitions()
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
         spark.stop()

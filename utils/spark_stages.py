@@ -1,8 +1,8 @@
 """The Spark engine of the tracks and denormalize stages: the local engine's rules, its bytes.
 
-The plays file is read as text (split on LF only, as the local reader does) and every line gets
-the local reader's verdict, in the same order of checks, with the same reasons; rejected lines
-are collected and written by the reader's own rejects writer. Keys use Spark's `lower` with ICU
+The plays file is read once, by the job that uses it (`utils.plays_spark`: the local reader's
+verdict on every line, rejected lines collected as the job runs and written by the reader's own
+rejects writer after it). Keys use Spark's `lower` with ICU
 case mappings (locale-independent full case mapping, like Python's `str.lower`) after trimming
 the characters Python's `str.strip` removes. The two agree on every code point assigned up to
 Unicode 14 (Python 3.11's database); they differ only on the ~55 letters with case added in
@@ -17,17 +17,13 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
 from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 
 from utils import columns as C
-from utils import raw_reader as rr
-from utils.config import USER_ID_PATTERN
 from utils.csv_text import NEEDS_QUOTING, header_line
 from utils.denormalize import (
     COUNTRY_TEXT,
@@ -40,6 +36,7 @@ from utils.denormalize import (
     SECONDS_PER_DAY,
     USER_FILE,
 )
+from utils.plays_spark import ROW_ID, TS_S, TS_TEXT, account_lines, read_plays_spark
 from utils.spark import get_spark
 from utils.tracks import MAX_IN_SESSION_GAP_S
 
@@ -48,20 +45,6 @@ if TYPE_CHECKING:
 
 # What Python's str.strip() removes: every character for which str.isspace() is true.
 PYTHON_WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
-TS_S = "ts_s"
-TS_TEXT = "ts_text"
-LINE = "line_number"
-# monotonically_increasing_id(): partition index in the upper bits, row in partition below.
-ROW_BITS = 33
-# RE2 (Arrow) anchors `$` at the very end; Java lets it match before a final line terminator.
-SPARK_USER_ID_PATTERN = USER_ID_PATTERN.removesuffix("$") + r"\z"
-TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
-# A kept line's shape in one regular expression (with the UTF-8, "."/".." and calendar checks
-# it is the whole verdict): nearly all lines match, so the check-by-check verdict that names a
-# line's first failing rule runs only for the few that do not.
-PLAIN_LINE = ("^" + USER_ID_PATTERN.removeprefix("^").removesuffix("$")
-              + r"\t[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z"
-              + r"\t[^\t\r]*\t[^\t\r]+\t[^\t\r]*\t[^\t\r]+\z")
 # The characters NEEDS_QUOTING matches (csv_text quotes a field holding any of them).
 QUOTED_CHARACTERS = tuple(chr(c) for c in range(128) if re.search(NEEDS_QUOTING, chr(c)))
 SPELLINGS = (C.ARTIST_NAME, C.TRACK_NAME, C.ARTIST_MBID, C.TRACK_MBID)
@@ -97,148 +80,6 @@ def quote_minimal(value: Column) -> Column:
     return F.when(needs_quoting, quoted).otherwise(text)
 
 
-def numbered_text(spark: SparkSession, path: Path) -> DataFrame:
-    """The file's lines (split on LF only) with their partition and an id ordered as the file."""
-    from pyspark.sql import functions as F
-
-    return spark.read.option("lineSep", "\n").text(os.path.abspath(path)).select(
-        F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("id"),
-        "value")
-
-
-def line_number(offsets: Sequence[int]) -> Column:
-    """1-based line number of a numbered_text row, from the lines before each partition."""
-    from pyspark.sql import functions as F
-
-    offset = F.element_at(F.array(*[F.lit(int(o)) for o in offsets]), F.col("part") + 1)
-    local_row = F.col("id") - F.shiftleft(F.col("part").cast("long"), ROW_BITS)
-    return offset + local_row + 1
-
-
-def _timestamp_checks(stamp: Column) -> tuple[Column, Column, Column]:
-    """(valid, seconds since epoch, is a calendar date) of a YYYY-MM-DDTHH:MM:SSZ field.
-
-    `valid` is the reader's strict rule; the calendar part alone completes PLAIN_LINE.
-    """
-    from pyspark.sql import functions as F
-
-    def number(start: int, length: int) -> Column:
-        return F.substring(stamp, start, length).cast("int")
-
-    date = F.make_date(number(1, 4), number(6, 2), number(9, 2))
-    hour, minute, second = number(12, 2), number(15, 2), number(18, 2)
-    valid = ((F.octet_length(stamp) == rr.TIMESTAMP_WIDTH) & stamp.rlike(TIMESTAMP_SHAPE)
-             & date.isNotNull() & (hour < 24) & (minute < 60) & (second < 60))
-    seconds = (F.unix_date(date).cast("long") * SECONDS_PER_DAY + hour * 3600 + minute * 60
-               + second)
-    return F.coalesce(valid, F.lit(False)), seconds, date.isNotNull()
-
-
-def classify_lines(lines: DataFrame) -> DataFrame:
-    """Each line's reject code (0 = kept), checks in the local reader's order, and its fields.
-
-    Built in steps so that the split and the verdict are computed once per line (the optimizer
-    does not merge steps when that would repeat an expensive expression). The verdict is one
-    regular expression and the calendar check for a plain line; the checks one by one, which
-    name the first failing rule, run only on lines that are not plain.
-    """
-    from pyspark.sql import functions as F
-
-    value = F.col("value")
-    names = [f"f{j}" for j in range(len(C.PLAYS_COLUMNS))]
-    keep = [c for c in lines.columns if c != "value"]
-    split = lines.select(*keep, "value", F.split(value, "\t", -1).alias("fields"))
-    split = split.select(*keep, "value", F.size("fields").alias("n_fields"),
-                         *[F.col("fields").getItem(j).alias(n) for j, n in enumerate(names)])
-    user, stamp, artist, track = F.col("f0"), F.col("f1"), F.col("f3"), F.col("f5")
-    stamp_ok, seconds, calendar_ok = _timestamp_checks(stamp)
-    plain = value.rlike(PLAIN_LINE) & F.is_valid_utf8(value) & calendar_ok
-    code = (
-        F.when(plain, rr.OK)
-        .when(value == "", rr.EMPTY_LINE)
-        .when(F.instr(value, "\r") > 0, rr.CARRIAGE_RETURN)
-        .when(F.col("n_fields") != len(C.PLAYS_COLUMNS), rr.FIELD_COUNT)
-        .when(~F.is_valid_utf8(value), rr.INVALID_UTF8)
-        .when(~user.rlike(SPARK_USER_ID_PATTERN), rr.BAD_USER_ID)
-        .when(~stamp_ok, rr.BAD_TIMESTAMP)
-        .when(F.octet_length(artist) == 0, rr.EMPTY_ARTIST)
-        .when(F.octet_length(track) == 0, rr.EMPTY_TRACK)
-        .otherwise(rr.OK)
-    )
-    checked = split.select("*", code.alias("code"), seconds.alias(TS_S))
-    return checked.select(
-        *keep, "code", "n_fields",
-        # Only a rejected line's raw bytes are kept, for the rejects file.
-        F.when(F.col("code") != rr.OK, value.cast("binary")).alias("raw"),
-        user.alias(C.USER_ID), stamp.alias(TS_TEXT), TS_S,
-        F.nullif("f2", F.lit("")).alias(C.ARTIST_MBID), artist.alias(C.ARTIST_NAME),
-        F.nullif("f4", F.lit("")).alias(C.TRACK_MBID), track.alias(C.TRACK_NAME),
-    )
-
-
-def scan_lines(spark: SparkSession, path: Path) -> tuple[np.ndarray, rr.Rejects]:
-    """One pass over the file: the lines before each partition, and the rejected lines.
-
-    Each partition reports its line count and its rejected lines (few), so the line numbers
-    are known without another pass and nothing of the kept lines is stored.
-    """
-    from pyspark.sql import functions as F
-
-    checked = classify_lines(numbered_text(spark, path))
-    rejected = F.struct("id", "code", "n_fields", "raw")
-    table = (checked.groupBy("part")
-             .agg(F.count(F.lit(1)).alias("lines"),
-                  F.collect_list(F.when(F.col("code") != rr.OK, rejected)).alias("rejects"))
-             .toArrow())
-    sizes = dict(zip(table["part"].to_pylist(), table["lines"].to_pylist(), strict=True))
-    counts = [sizes.get(p, 0) for p in range(max(sizes, default=-1) + 1)]
-    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-    return offsets, _rejects(table, offsets)
-
-
-def _rejects(table: pa.Table, offsets: np.ndarray) -> rr.Rejects:
-    """The rejected lines in file order, with the reader's reasons and leniently decoded text."""
-    import pyarrow.compute as pc
-
-    column = table["rejects"].combine_chunks()
-    parts = table["part"].to_numpy()[pc.list_parent_indices(column).to_numpy()]
-    rows = pc.list_flatten(column)
-    local = rows.field("id").to_numpy() - (parts.astype(np.int64) << ROW_BITS)
-    numbers = offsets[parts] + local + 1
-    order = np.argsort(numbers, kind="stable")
-    codes = rows.field("code").to_numpy()[order].tolist()
-    counts = rows.field("n_fields").to_numpy()[order].tolist()
-    reasons = [rr.REASONS[c].format(expected=len(C.PLAYS_COLUMNS), got=n)
-               for c, n in zip(codes, counts, strict=True)]
-    raw = rows.field("raw").to_pylist()
-    lines = [raw[i].decode("utf-8", errors="replace") for i in order.tolist()]
-    return rr.Rejects(numbers[order].astype(np.int64), reasons, lines)
-
-
-def read_plays_spark(spark: SparkSession, path: Path, rejects_dir: Path
-                     ) -> tuple[DataFrame, dict[str, Any]]:
-    """Kept plays (not cached) and the line accounting, rejects written as the local reader does.
-
-    The kept plays are read again by the job that uses them: re-reading and re-checking the
-    text costs far less than caching every column of every play.
-    """
-    from pyspark.sql import functions as F
-
-    # The local reader's quick refusal of a file that is not in the format at all.
-    head = rr.parse_plays_chunk(rr.read_head(path, rr.SNIFF_BYTES))
-    rr.check_not_empty(path, "plays", rr.PLAYS_EXPECTED, head.n_lines)
-    rr.check_mostly_valid(path, "plays", rr.PLAYS_EXPECTED, head.n_lines, head.rejects,
-                           scope=" at the start of the file")
-    offsets, rejects = scan_lines(spark, path)
-    rows_in = int(offsets[-1])
-    rr.check_mostly_valid(path, "plays", rr.PLAYS_EXPECTED, rows_in, rejects)
-    target = rr.write_rejects(path, rejects_dir, rejects)
-    lines = numbered_text(spark, path).select(line_number(offsets).alias(LINE), "value")
-    kept = classify_lines(lines).where(F.col("code") == rr.OK).drop("code", "n_fields", "raw")
-    return kept, {"rows_in": rows_in, "rows_rejected": len(rejects.line_numbers),
-                  "rejects_path": str(target) if target else None}
-
-
 def with_keys(plays: DataFrame) -> DataFrame:
     """Plays with their artist and track keys."""
     return plays.withColumns({C.ARTIST_KEY: name_key(plays[C.ARTIST_NAME]),
@@ -250,7 +91,7 @@ def with_in_session_gaps(plays: DataFrame) -> DataFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    order = Window.partitionBy(C.USER_ID).orderBy(F.col(TS_S), F.col(LINE).desc())
+    order = Window.partitionBy(C.USER_ID).orderBy(F.col(TS_S), F.col(ROW_ID).desc())
     with_next = plays.withColumn(GAP, F.lead(TS_S).over(order) - F.col(TS_S))
     return with_next.withColumn(GAP, F.when((F.col(GAP) > 0) & (F.col(GAP) <= MAX_IN_SESSION_GAP_S),
                                             F.col(GAP)))
@@ -339,8 +180,9 @@ def spark_unique_tracks(plays_path: Path, rejects_dir: Path, spark_master: str |
                         ) -> tuple[pa.Table, dict[str, Any]]:
     """Stage tracks on Spark: the unique-tracks table (collected) and the line accounting."""
     spark = spark_session(spark_master)
-    plays, counts = read_plays_spark(spark, plays_path, rejects_dir)
-    return unique_tracks_frame(plays, shuffle_partitions(spark)).toArrow(), counts
+    plays = read_plays_spark(spark, plays_path)
+    table = unique_tracks_frame(plays.kept, shuffle_partitions(spark)).toArrow()
+    return table, account_lines(spark, plays, rejects_dir)
 
 
 def _play_years(stamp: Column, reg_year: Column, reg_key: Column) -> Column:
@@ -414,14 +256,14 @@ def write_user_texts(joined: DataFrame, out_dir: Path) -> list[str]:
     from pyspark.sql import functions as F
 
     header = header_line(C.USER_DIR_COLUMNS).decode("utf-8")
-    lines = joined.select(C.USER_ID, TS_S, LINE, play_line(joined).alias("value"))
-    order = Window.partitionBy(C.USER_ID).orderBy(TS_S, F.col(LINE).desc())
+    lines = joined.select(C.USER_ID, TS_S, ROW_ID, play_line(joined).alias("value"))
+    order = Window.partitionBy(C.USER_ID).orderBy(TS_S, F.col(ROW_ID).desc())
     first = F.row_number().over(order) == 1
     value = F.when(first, F.concat(F.lit(header), F.col("value"))).otherwise(F.col("value"))
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.spark-", dir=out_dir.parent))
     try:
-        (lines.select(C.USER_ID, TS_S, LINE, value.alias("value"))
-         .sortWithinPartitions(C.USER_ID, TS_S, F.col(LINE).desc())
+        (lines.select(C.USER_ID, TS_S, ROW_ID, value.alias("value"))
+         .sortWithinPartitions(C.USER_ID, TS_S, F.col(ROW_ID).desc())
          .select(C.USER_ID, "value")
          .write.mode("overwrite").partitionBy(C.USER_ID).option("lineSep", "\n")
          .text(os.path.abspath(staging)))
@@ -452,9 +294,10 @@ def spark_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
                       ) -> dict[str, Any]:
     """Stage denormalize on Spark: write every user's file into out_dir; the manifest counts."""
     spark = spark_session(spark_master)
-    plays, counts = read_plays_spark(spark, plays_path, rejects_dir)
-    joined, observation = observe_join_counts(join_plays(spark, plays, people, metadata))
+    plays = read_plays_spark(spark, plays_path)
+    joined, observation = observe_join_counts(join_plays(spark, plays.kept, people, metadata))
     users = write_user_texts(joined, out_dir)
+    counts = account_lines(spark, plays, rejects_dir)
     # A user without a profile is one whose id the profile lookup does not hold.
     known = set(people[C.USER_ID].to_pylist())
     counts |= {k: int(v) for k, v in observation.get.items()}
