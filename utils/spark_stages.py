@@ -98,16 +98,25 @@ def with_in_session_gaps(plays: DataFrame) -> DataFrame:
 
 
 def spelling_counts(plays: DataFrame, partitions: int) -> DataFrame:
-    """Plays counted per spelling (names and MBIDs) and gap, with keys, hashed by artist key.
+    """Plays counted per spelling (names and MBIDs, gap null) and, apart, per names and gap
+    (MBIDs null), with keys, hashed by artist key.
 
     Everything the unique-tracks table holds follows from these counts, which are a fraction
-    of the plays: the keys are computed once per spelling, not once per play, and every later
-    step groups by the artist key, so nothing after this shuffles again.
+    of the plays: the keys are computed once per row of counts, not once per play, and every
+    later step groups by the artist key, so nothing after this shuffles again. A spelling
+    counted once for all its gaps, and gaps counted without the MBIDs, make far fewer rows
+    than every (spelling, gap).
     """
     from pyspark.sql import functions as F
 
-    counts = with_in_session_gaps(plays).groupBy(*SPELLINGS, GAP).agg(
-        F.count(F.lit(1)).alias(PLAYS))
+    gap, none = F.col(GAP), F.lit(None).cast("string")
+    spelling = F.struct(*[F.col(c) for c in SPELLINGS], F.lit(None).cast("long").alias(GAP))
+    evidence = F.struct(C.ARTIST_NAME, C.TRACK_NAME, none.alias(C.ARTIST_MBID),
+                        none.alias(C.TRACK_MBID), gap)
+    # A play without a gap gives no gap evidence.
+    rows = F.when(gap.isNull(), F.array(spelling)).otherwise(F.array(spelling, evidence))
+    counts = (with_in_session_gaps(plays).select(F.explode(rows).alias("e")).select("e.*")
+              .groupBy(*SPELLINGS, GAP).agg(F.count(F.lit(1)).alias(PLAYS)))
     return with_keys(counts).repartition(partitions, C.ARTIST_KEY)
 
 
@@ -124,13 +133,13 @@ def _tallies(counts: DataFrame) -> DataFrame:
                         (gap if gap is not None else F.lit(None).cast("long")).alias(GAP))
 
     track, gap = F.col(C.TRACK_KEY), F.col(GAP)
-    entries = [entry(k, track, F.col(c), None) for k, c in enumerate(SPELLINGS)]
-    entries += [entry(len(SPELLINGS), track, None, gap), entry(len(SPELLINGS) + 1, None, None, gap)]
-    long = counts.select(C.ARTIST_KEY, PLAYS, F.explode(F.array(*entries)).alias("e")).select(
+    spellings = [entry(k, track, F.col(c), None) for k, c in enumerate(SPELLINGS)]
+    gaps = [entry(len(SPELLINGS), track, None, gap), entry(len(SPELLINGS) + 1, None, None, gap)]
+    entries = F.when(gap.isNull(), F.array(*spellings)).otherwise(F.array(*gaps))
+    long = counts.select(C.ARTIST_KEY, PLAYS, F.explode(entries).alias("e")).select(
         C.ARTIST_KEY, "e.*", PLAYS)
-    # An unknown MBID is no spelling, and a play without a gap gives no gap evidence.
-    known = F.when(F.col("kind") < len(SPELLINGS), F.col("value").isNotNull()).otherwise(
-        F.col(GAP).isNotNull())
+    # An unknown MBID is no spelling.
+    known = (F.col("kind") >= len(SPELLINGS)) | F.col("value").isNotNull()
     return (long.where(known).groupBy(C.ARTIST_KEY, "track", "kind", "value", GAP)
             .agg(F.sum(PLAYS).alias(PLAYS)))
 
