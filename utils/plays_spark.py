@@ -5,8 +5,9 @@ The plays file is read as text (split on LF only, as the local reader does) and 
 the local reader's verdict, in the same order of checks, with the same reasons. The kept plays
 carry an id ordered as the file (for the local engine's tie-break on the later line); the lines
 are counted and the rejected ones collected by an observation of the same job, so the file is
-parsed once. Rejected lines are numbered from the lines before each input partition, which a
-count-only pass gives when there are rejects at all, and written by the reader's own writer.
+parsed once. Rejected lines are numbered from the lines before each input partition, counted by
+a second, count-only pass that runs only when some line was rejected, and written by the
+reader's own writer.
 """
 
 from __future__ import annotations

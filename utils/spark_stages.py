@@ -2,9 +2,9 @@
 
 The plays file is read once, by the job that uses it (`utils.plays_spark`: the local reader's
 verdict on every line, rejected lines collected as the job runs and written by the reader's own
-rejects writer after it). Keys use Spark's `lower` with ICU
-case mappings (locale-independent full case mapping, like Python's `str.lower`) after trimming
-the characters Python's `str.strip` removes. The two agree on every code point assigned up to
+rejects writer after it). Keys use Spark's `lower` with ICU case mappings (locale-independent
+full case mapping, like Python's `str.lower`) after trimming the characters Python's
+`str.strip` removes. The two agree on every code point assigned up to
 Unicode 14 (Python 3.11's database); they differ only on the ~55 letters with case added in
 Unicode 15-17, which no 2005-2009 listening log holds. Profile and metadata fields are
 formatted once on the driver by the local code and joined in, so the text cannot drift.
