@@ -45,7 +45,9 @@ from utils.stage_io import atomic_file, require_file
 LINE_NUMBER = "line_number"
 # What read_plays_arrow returns unless asked for fewer columns.
 READ_COLUMNS = (*PLAYS_COLUMNS, LINE_NUMBER)
-CHUNK_BYTES = 64 << 20
+# Below glibc's largest mmap threshold (32 MiB): numpy's per-chunk temporaries then reuse
+# heap memory instead of faulting in fresh pages for every chunk (half the system time).
+CHUNK_BYTES = 16 << 20
 # Enough lines to tell a plays file from something else before reading gigabytes of it.
 SNIFF_BYTES = 64 << 10
 MAX_MALFORMED_SHARE = 0.5

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from utils import csv_text
+from utils.arrow_memory import prefer_jemalloc
 from utils.columns import (
     AGE,
     AVERAGE_SESSION_LENGTH,
@@ -302,6 +303,7 @@ def sessionize(plays: Plays, gap_minutes: float) -> pd.DataFrame:
 
 def local_sessions(users: dict[str, list[Path]], gap_minutes: float) -> tuple[pd.DataFrame, int]:
     """The local engine: (sessions table, plays read)."""
+    prefer_jemalloc()
     plays = read_plays(users)
     return sessionize(plays, gap_minutes), len(plays)
 
