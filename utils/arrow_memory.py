@@ -8,6 +8,8 @@ import os
 import pyarrow as pa
 
 POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+# How long jemalloc keeps freed pages before handing them back to the kernel.
+DECAY_MS = 5_000
 
 
 def prefer_jemalloc() -> str:
@@ -22,4 +24,7 @@ def prefer_jemalloc() -> str:
     # A pyarrow built without jemalloc keeps its default pool.
     with contextlib.suppress(NotImplementedError):
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+        # Arrow sets jemalloc to return freed pages at once; batch after batch of lines of the
+        # same size then faults them in again. Kept a few seconds, they are reused.
+        pa.jemalloc_set_decay_ms(DECAY_MS)
     return pa.default_memory_pool().backend_name

@@ -3,15 +3,14 @@
 Writes WORK/user_dir/{user_id}/part-00000.csv, one file per user, oldest play first. Equal
 timestamps keep the reverse of file order: the raw file is newest first, so the later line is
 the earlier play. The text of each field is built here once (profile and metadata lookups) and
-shared with the Spark engine, so both engines write the same bytes.
+shared with the Spark engine, so both engines write the same bytes; the local engine's lines
+are made in `utils.denormalize_local`.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,40 +18,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils import columns as C
-from utils.arrow_memory import prefer_jemalloc
 from utils.config import WorkLayout
 from utils.crawl import read_metadata_file
-from utils.csv_text import (
-    concat,
-    format_fixed,
-    format_int,
-    header_line,
-    iso_utc_text,
-    line_block,
-    quote_minimal,
-)
-from utils.parallel import in_order, worker_count
+from utils.csv_text import format_fixed, format_int, quote_minimal
 from utils.spark import check_engine_target
 from utils.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
-from utils.tracks import (
-    check_engine,
-    distinct_keys,
-    encode,
-    play_order,
-    read_counts,
-    timestamp_seconds,
-)
+from utils.tracks import check_engine
 from utils.work_lock import locked_stage
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 USER_FILE = "part-00000.csv"
-# The raw columns the lines are made of.
-PLAY_COLUMNS = (C.USER_ID, C.TIMESTAMP, C.ARTIST_NAME, C.TRACK_NAME)
 DURATION_DECIMALS = 3
-# Rows turned into text at once by the local engine: bounds memory at full scale.
-CHUNK_ROWS = 1_000_000
 SECONDS_PER_DAY = 86_400
 
 # Lookup columns: the CSV text of each output field, plus what the age rule needs.
@@ -133,179 +111,14 @@ def play_ages(ts_s: np.ndarray, age: pa.Array, reg_year: pa.Array, reg_key: pa.A
     return format_int(pc.fill_null(age, 0).to_numpy() + years, ~known_age)
 
 
-def _lookup_rows(keys: pa.Array, table_keys: pa.Array) -> np.ndarray:
+def lookup_rows(keys: pa.Array, table_keys: pa.Array) -> np.ndarray:
     """Row of each key in `table_keys`, -1 when absent."""
     return pc.fill_null(pc.index_in(keys, value_set=table_keys), -1).to_numpy().astype(np.int64)
 
 
-def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """table.take(rows) with all-null rows where the row is -1."""
     return table.take(pa.array(rows, mask=rows < 0)).combine_chunks()
-
-
-def metadata_rows(metadata: pa.Table, artist_keys: pa.Array, track_keys: pa.Array
-                  ) -> np.ndarray:
-    """Row of the metadata lookup for each (artist key, track key) pair, -1 when absent."""
-    meta = metadata.select([C.ARTIST_KEY, C.TRACK_KEY]).append_column(
-        "row", pa.array(np.arange(metadata.num_rows)))
-    wanted = pa.table({C.ARTIST_KEY: artist_keys, C.TRACK_KEY: track_keys,
-                       "pos": pa.array(np.arange(len(artist_keys)))})
-    joined = wanted.join(meta, [C.ARTIST_KEY, C.TRACK_KEY], join_type="left outer")
-    rows = np.full(len(artist_keys), -1, dtype=np.int64)
-    rows[joined["pos"].to_numpy()] = pc.fill_null(joined["row"], -1).to_numpy()
-    return rows
-
-
-@dataclass
-class PlayFields:
-    """What the play lines are made of, prepared once for all plays (local engine).
-
-    Per play: the start second and codes into text made once per distinct value: the user's
-    id and profile fields, the artist and track spellings (quoted as CSV needs), and the
-    track's "duration,genre" line end. `order` sorts the plays by user, then time, equal
-    times latest file line first.
-    """
-
-    user_codes: np.ndarray
-    ts_s: np.ndarray
-    order: np.ndarray
-    artist_codes: np.ndarray
-    title_codes: np.ndarray
-    track_ids: np.ndarray
-    users: pa.Array
-    artist_text: pa.Array
-    title_text: pa.Array
-    per_user: pa.Table
-    user_place: pa.Array
-    track_end: pa.Array
-    track_known: np.ndarray
-
-
-def _text_or_empty(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Text values as one large_string array, nulls as empty fields."""
-    filled = pc.fill_null(values.cast(pa.large_string()), "")
-    return filled.combine_chunks() if isinstance(filled, pa.ChunkedArray) else filled
-
-
-def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> PlayFields:
-    """Encode users and names, order the plays, and look up profiles and metadata.
-
-    Every text that depends only on a user, a spelling or a track is made here once per
-    distinct value; the lines then only gather it.
-    """
-    user_codes, users = encode(plays[C.USER_ID])
-    ts_s = timestamp_seconds(plays)
-    artist_codes, artists = encode(pc.fill_null(plays[C.ARTIST_NAME], ""))
-    title_codes, titles = encode(pc.fill_null(plays[C.TRACK_NAME], ""))
-    artist_key_of, artist_values = distinct_keys(artists)
-    track_key_of, track_values = distinct_keys(titles)
-    track_ids, pairs = pd.factorize(artist_key_of[artist_codes] * len(track_values)
-                                    + track_key_of[title_codes])
-    pairs = np.asarray(pairs, dtype=np.int64)
-    meta_rows = metadata_rows(metadata, artist_values.take(pa.array(pairs // len(track_values))),
-                              track_values.take(pa.array(pairs % len(track_values))))
-    per_track = _take_rows(metadata.select([DURATION_TEXT, GENRE_TEXT]), meta_rows)
-    per_user = _take_rows(people, _lookup_rows(users, people[C.USER_ID].combine_chunks()))
-    return PlayFields(
-        user_codes=user_codes, ts_s=ts_s, order=play_order(user_codes, ts_s),
-        artist_codes=artist_codes, title_codes=title_codes, track_ids=track_ids.astype(np.int64),
-        users=users, artist_text=quote_minimal(artists), title_text=quote_minimal(titles),
-        per_user=per_user,
-        user_place=concat(_text_or_empty(per_user[COUNTRY_TEXT]),
-                          _text_or_empty(per_user[REGISTERED_TEXT]), sep=","),
-        # The line break rides on the last field: no full-width pass to append it.
-        track_end=concat(_text_or_empty(per_track[DURATION_TEXT]),
-                         concat(_text_or_empty(per_track[GENRE_TEXT]), "\n"), sep=","),
-        track_known=pc.is_valid(per_track[DURATION_TEXT]).to_numpy(zero_copy_only=False),
-    )
-
-
-def play_lines(fields: PlayFields, rows: np.ndarray) -> pa.Array:
-    """The CSV lines of the plays at `rows` (indices into the plays), in that order."""
-    users = pa.array(fields.user_codes[rows])
-    person = fields.per_user.take(users)
-    lines = concat(
-        fields.users.take(users),
-        iso_utc_text(fields.ts_s[rows]),
-        fields.artist_text.take(pa.array(fields.artist_codes[rows])),
-        fields.title_text.take(pa.array(fields.title_codes[rows])),
-        _text_or_empty(person[GENDER_TEXT]),
-        _text_or_empty(play_ages(fields.ts_s[rows], person[C.AGE], person[REGISTERED_YEAR],
-                                 person[REGISTERED_DAY_KEY])),
-        fields.user_place.take(users),
-        fields.track_end.take(pa.array(fields.track_ids[rows])),
-        sep=",",
-    )
-    return lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
-
-
-def user_batches(bounds: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
-    """(first, last) user ranges of about `chunk_rows` plays each, whole users, at least one.
-
-    `bounds[u]` is the position of user u's first play in the sorted plays.
-    """
-    batches, first, n_users = [], 0, len(bounds) - 1
-    while first < n_users:
-        last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + chunk_rows, "right")) - 1)
-        batches.append((first, last))
-        first = last
-    return batches
-
-
-def write_user_files(out_dir: Path, fields: PlayFields, chunk_rows: int = CHUNK_ROWS) -> int:
-    """Write out_dir/{user}/part-00000.csv for every user; rows out.
-
-    Batches of whole users are turned into text on a few threads (Arrow releases the GIL)
-    while this thread writes the finished batches' files, each in one write.
-    """
-    sorted_users = fields.user_codes[fields.order]
-    bounds = np.searchsorted(sorted_users, np.arange(len(fields.users) + 1))
-    names = fields.users.to_pylist()
-    header = header_line(C.USER_DIR_COLUMNS)
-    batches = user_batches(bounds, chunk_rows)
-
-    def batch_lines(batch: tuple[int, int]) -> pa.Array:
-        return play_lines(fields, fields.order[bounds[batch[0]]:bounds[batch[1]]])
-
-    workers = worker_count()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for (first, last), lines in zip(batches, in_order(pool, batch_lines, batches, workers),
-                                        strict=True):
-            for user in range(first, last):
-                folder = out_dir / names[user]
-                folder.mkdir()
-                with open(folder / USER_FILE, "wb") as fh:
-                    fh.write(header)
-                    fh.write(line_block(lines, bounds[user] - bounds[first],
-                                        bounds[user + 1] - bounds[first]))
-    return int(bounds[-1])
-
-
-def join_counts(fields: PlayFields) -> dict[str, int]:
-    """How many users and plays found no profile, and how many plays no track metadata."""
-    no_profile = pc.is_null(fields.per_user[C.USER_ID]).to_numpy(zero_copy_only=False)
-    plays_per_user = np.bincount(fields.user_codes, minlength=len(fields.users))
-    return {
-        "users": len(fields.users),
-        "users_without_profile": int(no_profile.sum()),
-        "plays_without_profile": int(plays_per_user[no_profile].sum()),
-        "plays_without_metadata": int(np.count_nonzero(~fields.track_known[fields.track_ids])),
-    }
-
-
-def _local_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
-                       metadata: pa.Table, out_dir: Path) -> dict[str, Any]:
-    """Local engine: read, join and write every user's file; the counts for the manifest."""
-    from utils.raw_reader import read_plays_arrow
-
-    prefer_jemalloc()
-    # MBIDs and line numbers are not written: the reader checks every line but builds neither.
-    plays = read_plays_arrow(plays_path, rejects_dir, columns=PLAY_COLUMNS)
-    counts = read_counts(plays)
-    fields = prepare_fields(plays, people, metadata)
-    del plays  # the fields hold every code and text the lines need
-    rows_out = write_user_files(out_dir, fields)
-    return {**counts, **join_counts(fields), "rows_out": rows_out}
 
 
 @locked_stage("user_dir", reads=("tracks",))
@@ -331,7 +144,9 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
             counts = spark_denormalize(plays_path, layout.rejects, people, metadata, tmp,
                                        spark_master)
         else:
-            counts = _local_denormalize(plays_path, layout.rejects, people, metadata, tmp)
+            from utils.denormalize_local import local_denormalize
+
+            counts = local_denormalize(plays_path, layout.rejects, people, metadata, tmp)
     join = {k: counts[k] for k in ("users", "users_without_profile", "plays_without_profile",
                                    "plays_without_metadata")}
     write_manifest(
