@@ -9,6 +9,7 @@ are made in `utils.denormalize_local`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils import columns as C
+from utils.civil_dates import SECONDS_PER_DAY, civil_from_days
 from utils.config import WorkLayout
 from utils.crawl import read_metadata_file
-from utils.csv_text import format_fixed, format_int, quote_minimal
+from utils.csv_text import format_fixed, format_small_ints, quote_minimal
 from utils.spark import check_engine_target
 from utils.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
 from utils.tracks import check_engine
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 USER_FILE = "part-00000.csv"
 DURATION_DECIMALS = 3
-SECONDS_PER_DAY = 86_400
 
 # Lookup columns: the CSV text of each output field, plus what the age rule needs.
 DURATION_TEXT = "duration_text"
@@ -59,13 +60,9 @@ def calendar_parts(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The position is (month * 32 + day) * 86400 + second of day, so comparing positions tells
     whether an anniversary has been reached, a 29 February one included (it falls on 1 March).
     """
-    days = np.floor_divide(seconds, SECONDS_PER_DAY)
-    dates = days.astype("datetime64[D]")
-    months = dates.astype("datetime64[M]")
-    year = months.astype("datetime64[Y]").astype(np.int64) + 1970
-    month = months.astype(np.int64) % 12 + 1
-    day = (dates - months.astype("datetime64[D]")).astype(np.int64) + 1
-    return year, (month * 32 + day) * SECONDS_PER_DAY + (seconds - days * SECONDS_PER_DAY)
+    days, second_of_day = np.divmod(np.asarray(seconds, dtype=np.int64), SECONDS_PER_DAY)
+    year, month, day = civil_from_days(days)
+    return year, (month * 32 + day) * SECONDS_PER_DAY + second_of_day
 
 
 def whole_years(from_year: np.ndarray, from_key: np.ndarray, to_year: np.ndarray,
@@ -97,18 +94,41 @@ def profile_lookup(profiles: pd.DataFrame) -> pa.Table:
     })
 
 
-def play_ages(ts_s: np.ndarray, age: pa.Array, reg_year: pa.Array, reg_key: pa.Array
-              ) -> pa.Array:
-    """Age at each play: age at registration + whole years since; the profile age if no date."""
-    known_age = pc.is_valid(age).to_numpy(zero_copy_only=False)
-    known_reg = pc.is_valid(reg_year).to_numpy(zero_copy_only=False)
+@dataclass(frozen=True)
+class AgeInputs:
+    """Per user, what the age rule needs: the profile age and the registration date's
+    calendar parts, each with whether it is known (a user without a profile knows neither)."""
+
+    age: np.ndarray
+    age_known: np.ndarray
+    registered_year: np.ndarray
+    registered_key: np.ndarray
+    registered_known: np.ndarray
+
+    @classmethod
+    def of(cls, per_user: pa.Table) -> AgeInputs:
+        """The inputs of the profile lookup rows `per_user` (nulls where unknown)."""
+        def values(name: str) -> np.ndarray:
+            return pc.fill_null(per_user[name], 0).to_numpy().astype(np.int64)
+
+        def known(name: str) -> np.ndarray:
+            return pc.is_valid(per_user[name]).to_numpy(zero_copy_only=False)
+
+        return cls(values(C.AGE), known(C.AGE), values(REGISTERED_YEAR),
+                   values(REGISTERED_DAY_KEY), known(REGISTERED_YEAR))
+
+
+def play_ages(ts_s: np.ndarray, users: np.ndarray, inputs: AgeInputs) -> pa.Array:
+    """The age field of each play (user row `users`): age at registration + whole years since,
+    the profile age if no date, empty if no age."""
+    registered = inputs.registered_known[users]
     years = np.zeros(len(ts_s), dtype=np.int64)
-    if known_reg.any():
+    if registered.any():
         play_year, play_key = calendar_parts(ts_s)
-        elapsed = whole_years(pc.fill_null(reg_year, 0).to_numpy(),
-                              pc.fill_null(reg_key, 0).to_numpy(), play_year, play_key)
-        years = np.where(known_reg, elapsed, 0)
-    return format_int(pc.fill_null(age, 0).to_numpy() + years, ~known_age)
+        elapsed = whole_years(inputs.registered_year[users], inputs.registered_key[users],
+                              play_year, play_key)
+        years = np.where(registered, elapsed, 0)
+    return format_small_ints(inputs.age[users] + years, ~inputs.age_known[users])
 
 
 def lookup_rows(keys: pa.Array, table_keys: pa.Array) -> np.ndarray:

@@ -19,16 +19,16 @@ import pyarrow.compute as pc
 
 from utils import columns as C
 from utils.arrow_memory import prefer_jemalloc
-from utils.csv_text import concat, header_line, iso_utc_text, line_block, quote_minimal
+from utils.civil_dates import iso_utc_text
+from utils.csv_text import concat, header_line, line_block, quote_minimal
 from utils.denormalize import (
     COUNTRY_TEXT,
     DURATION_TEXT,
     GENDER_TEXT,
     GENRE_TEXT,
-    REGISTERED_DAY_KEY,
     REGISTERED_TEXT,
-    REGISTERED_YEAR,
     USER_FILE,
+    AgeInputs,
     lookup_rows,
     play_ages,
     take_rows,
@@ -62,8 +62,10 @@ class PlayFields:
     users: pa.Array
     artist_text: pa.Array
     title_text: pa.Array
-    per_user: pa.Table
+    profile_known: np.ndarray
+    user_gender: pa.Array
     user_place: pa.Array
+    ages: AgeInputs
     track_end: pa.Array
     track_known: np.ndarray
 
@@ -138,9 +140,12 @@ def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> Pla
     return PlayFields(
         user_codes=user_codes, ts_s=ts_s, order=order, artist_codes=artists.codes,
         title_codes=titles.codes, track_ids=track_ids.astype(np.int64), users=users,
-        artist_text=artists.text, title_text=titles.text, per_user=per_user,
+        artist_text=artists.text, title_text=titles.text,
+        profile_known=pc.is_valid(per_user[C.USER_ID]).to_numpy(zero_copy_only=False),
+        user_gender=_text_or_empty(per_user[GENDER_TEXT]),
         user_place=concat(_text_or_empty(per_user[COUNTRY_TEXT]),
                           _text_or_empty(per_user[REGISTERED_TEXT]), sep=","),
+        ages=AgeInputs.of(per_user),
         # The line break rides on the last field: no full-width pass to append it.
         track_end=concat(_text_or_empty(per_track[DURATION_TEXT]),
                          concat(_text_or_empty(per_track[GENRE_TEXT]), "\n"), sep=","),
@@ -150,16 +155,16 @@ def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> Pla
 
 def play_lines(fields: PlayFields, rows: np.ndarray) -> pa.Array:
     """The CSV lines of the plays at `rows` (indices into the plays), in that order."""
-    users = pa.array(fields.user_codes[rows])
-    person = fields.per_user.take(users)
+    user_codes = fields.user_codes[rows]
+    ts_s = fields.ts_s[rows]
+    users = pa.array(user_codes)
     lines = concat(
         fields.users.take(users),
-        iso_utc_text(fields.ts_s[rows]),
+        iso_utc_text(ts_s),
         fields.artist_text.take(pa.array(fields.artist_codes[rows])),
         fields.title_text.take(pa.array(fields.title_codes[rows])),
-        _text_or_empty(person[GENDER_TEXT]),
-        _text_or_empty(play_ages(fields.ts_s[rows], person[C.AGE], person[REGISTERED_YEAR],
-                                 person[REGISTERED_DAY_KEY])),
+        fields.user_gender.take(users),
+        play_ages(ts_s, user_codes, fields.ages),
         fields.user_place.take(users),
         fields.track_end.take(pa.array(fields.track_ids[rows])),
         sep=",",
@@ -211,7 +216,7 @@ def write_user_files(out_dir: Path, fields: PlayFields, chunk_rows: int = CHUNK_
 
 def join_counts(fields: PlayFields) -> dict[str, int]:
     """How many users and plays found no profile, and how many plays no track metadata."""
-    no_profile = pc.is_null(fields.per_user[C.USER_ID]).to_numpy(zero_copy_only=False)
+    no_profile = ~fields.profile_known
     plays_per_user = np.bincount(fields.user_codes, minlength=len(fields.users))
     return {
         "users": len(fields.users),
