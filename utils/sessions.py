@@ -40,6 +40,6 @@ def session_lengths(
     if len(first) == 0:
         return first, np.zeros(0, dtype=np.float64)
     last = np.append(first[1:], len(starts)) - 1
-    ts = timestamps_ms.astype(np.int64)
+    ts = np.asarray(timestamps_ms, dtype=np.int64)
     last_duration = np.nan_to_num(np.asarray(durations_s, dtype=np.float64)[last], nan=0.0)
     return first, (ts[last] - ts[first]) / 1000.0 + last_duration
