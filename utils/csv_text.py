@@ -52,12 +52,22 @@ def format_fixed(values: np.ndarray, decimals: int) -> pa.Array:
     return pc.if_else(pa.array(missing), pa.scalar(None, pa.large_string()), text)
 
 
-def format_int(values: np.ndarray, missing: np.ndarray | None = None) -> pa.Array:
-    """Integers as text; positions flagged in `missing` become null."""
-    text = pa.array(np.asarray(values, dtype=np.int64)).cast(pa.large_string())
-    if missing is None:
-        return text
-    return pc.if_else(pa.array(missing), pa.scalar(None, pa.large_string()), text)
+def format_int(values: np.ndarray) -> pa.Array:
+    """Integers as text."""
+    return pa.array(np.asarray(values, dtype=np.int64)).cast(pa.large_string())
+
+
+def format_small_ints(values: np.ndarray, missing: np.ndarray) -> pa.Array:
+    """Integers of a narrow range (ages) as text, empty where `missing`.
+
+    Each value in the range is turned into text once; the fields gather it.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    present = values[~missing]
+    low, high = (int(present.min()), int(present.max())) if len(present) else (0, -1)
+    texts = pa.array([str(v) for v in range(low, high + 1)] + [""], pa.large_string())
+    # The text after the range is the empty field.
+    return texts.take(pa.array(np.where(missing, high - low + 1, values - low)))
 
 
 def join_lines(fields: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:
@@ -68,12 +78,6 @@ def join_lines(fields: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks()
     return lines
-
-
-def iso_utc_text(seconds: np.ndarray) -> pa.Array:
-    """Seconds since the epoch as `2009-05-04T23:08:57Z` (much faster than strftime)."""
-    text = pc.cast(pa.array(seconds, pa.timestamp("s")), pa.large_string())
-    return concat(pc.utf8_replace_slice(text, 10, 11, "T"), "Z")
 
 
 def header_line(columns: Sequence[str]) -> bytes:

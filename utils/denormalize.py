@@ -3,14 +3,15 @@
 Writes WORK/user_dir/{user_id}/part-00000.csv, one file per user, oldest play first. Equal
 timestamps keep the reverse of file order: the raw file is newest first, so the later line is
 the earlier play. The text of each field is built here once (profile and metadata lookups) and
-shared with the Spark engine, so both engines write the same bytes.
+shared with the Spark engine, so both engines write the same bytes; the local engine's lines
+are made in `utils.denormalize_local`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,27 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils import columns as C
+from utils.civil_dates import SECONDS_PER_DAY, civil_from_days
 from utils.config import WorkLayout
 from utils.crawl import read_metadata_file
-from utils.csv_text import (
-    format_fixed,
-    format_int,
-    header_line,
-    iso_utc_text,
-    join_lines,
-    line_block,
-    quote_minimal,
-)
+from utils.csv_text import format_fixed, format_small_ints, quote_minimal
 from utils.spark import check_engine_target
 from utils.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
-from utils.tracks import (
-    check_engine,
-    encode,
-    encode_keys,
-    play_order,
-    read_counts,
-    timestamp_seconds,
-)
+from utils.tracks import check_engine
 from utils.work_lock import locked_stage
 
 if TYPE_CHECKING:
@@ -46,9 +33,6 @@ if TYPE_CHECKING:
 
 USER_FILE = "part-00000.csv"
 DURATION_DECIMALS = 3
-# Rows turned into text at once by the local engine: bounds memory at full scale.
-CHUNK_ROWS = 1_000_000
-SECONDS_PER_DAY = 86_400
 
 # Lookup columns: the CSV text of each output field, plus what the age rule needs.
 DURATION_TEXT = "duration_text"
@@ -76,13 +60,9 @@ def calendar_parts(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The position is (month * 32 + day) * 86400 + second of day, so comparing positions tells
     whether an anniversary has been reached, a 29 February one included (it falls on 1 March).
     """
-    days = np.floor_divide(seconds, SECONDS_PER_DAY)
-    dates = days.astype("datetime64[D]")
-    months = dates.astype("datetime64[M]")
-    year = months.astype("datetime64[Y]").astype(np.int64) + 1970
-    month = months.astype(np.int64) % 12 + 1
-    day = (dates - months.astype("datetime64[D]")).astype(np.int64) + 1
-    return year, (month * 32 + day) * SECONDS_PER_DAY + (seconds - days * SECONDS_PER_DAY)
+    days, second_of_day = np.divmod(np.asarray(seconds, dtype=np.int64), SECONDS_PER_DAY)
+    year, month, day = civil_from_days(days)
+    return year, (month * 32 + day) * SECONDS_PER_DAY + second_of_day
 
 
 def whole_years(from_year: np.ndarray, from_key: np.ndarray, to_year: np.ndarray,
@@ -114,146 +94,51 @@ def profile_lookup(profiles: pd.DataFrame) -> pa.Table:
     })
 
 
-def play_ages(ts_s: np.ndarray, age: pa.Array, reg_year: pa.Array, reg_key: pa.Array
-              ) -> pa.Array:
-    """Age at each play: age at registration + whole years since; the profile age if no date."""
-    known_age = pc.is_valid(age).to_numpy(zero_copy_only=False)
-    known_reg = pc.is_valid(reg_year).to_numpy(zero_copy_only=False)
+@dataclass(frozen=True)
+class AgeInputs:
+    """Per user, what the age rule needs: the profile age and the registration date's
+    calendar parts, each with whether it is known (a user without a profile knows neither)."""
+
+    age: np.ndarray
+    age_known: np.ndarray
+    registered_year: np.ndarray
+    registered_key: np.ndarray
+    registered_known: np.ndarray
+
+    @classmethod
+    def of(cls, per_user: pa.Table) -> AgeInputs:
+        """The inputs of the profile lookup rows `per_user` (nulls where unknown)."""
+        def values(name: str) -> np.ndarray:
+            return pc.fill_null(per_user[name], 0).to_numpy().astype(np.int64)
+
+        def known(name: str) -> np.ndarray:
+            return pc.is_valid(per_user[name]).to_numpy(zero_copy_only=False)
+
+        return cls(values(C.AGE), known(C.AGE), values(REGISTERED_YEAR),
+                   values(REGISTERED_DAY_KEY), known(REGISTERED_YEAR))
+
+
+def play_ages(ts_s: np.ndarray, users: np.ndarray, inputs: AgeInputs) -> pa.Array:
+    """The age field of each play (user row `users`): age at registration + whole years since,
+    the profile age if no date, empty if no age."""
+    registered = inputs.registered_known[users]
     years = np.zeros(len(ts_s), dtype=np.int64)
-    if known_reg.any():
+    if registered.any():
         play_year, play_key = calendar_parts(ts_s)
-        elapsed = whole_years(pc.fill_null(reg_year, 0).to_numpy(),
-                              pc.fill_null(reg_key, 0).to_numpy(), play_year, play_key)
-        years = np.where(known_reg, elapsed, 0)
-    return format_int(pc.fill_null(age, 0).to_numpy() + years, ~known_age)
+        elapsed = whole_years(inputs.registered_year[users], inputs.registered_key[users],
+                              play_year, play_key)
+        years = np.where(registered, elapsed, 0)
+    return format_small_ints(inputs.age[users] + years, ~inputs.age_known[users])
 
 
-def _lookup_rows(keys: pa.Array, table_keys: pa.Array) -> np.ndarray:
+def lookup_rows(keys: pa.Array, table_keys: pa.Array) -> np.ndarray:
     """Row of each key in `table_keys`, -1 when absent."""
     return pc.fill_null(pc.index_in(keys, value_set=table_keys), -1).to_numpy().astype(np.int64)
 
 
-def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """table.take(rows) with all-null rows where the row is -1."""
     return table.take(pa.array(rows, mask=rows < 0)).combine_chunks()
-
-
-def metadata_rows(metadata: pa.Table, artist_keys: pa.Array, track_keys: pa.Array
-                  ) -> np.ndarray:
-    """Row of the metadata lookup for each (artist key, track key) pair, -1 when absent."""
-    meta = metadata.select([C.ARTIST_KEY, C.TRACK_KEY]).append_column(
-        "row", pa.array(np.arange(metadata.num_rows)))
-    wanted = pa.table({C.ARTIST_KEY: artist_keys, C.TRACK_KEY: track_keys,
-                       "pos": pa.array(np.arange(len(artist_keys)))})
-    joined = wanted.join(meta, [C.ARTIST_KEY, C.TRACK_KEY], join_type="left outer")
-    rows = np.full(len(artist_keys), -1, dtype=np.int64)
-    rows[joined["pos"].to_numpy()] = pc.fill_null(joined["row"], -1).to_numpy()
-    return rows
-
-
-@dataclass
-class PlayFields:
-    """What the play lines are made of, prepared once for all plays (local engine).
-
-    Per play: user code, start second, track id; per user and per track: the looked-up text.
-    `order` sorts the plays by user, then time, equal times latest file line first.
-    """
-
-    plays: pa.Table
-    user_codes: np.ndarray
-    users: pa.Array
-    ts_s: np.ndarray
-    order: np.ndarray
-    track_ids: np.ndarray
-    per_track: pa.Table
-    per_user: pa.Table
-
-
-def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> PlayFields:
-    """Encode users and track keys, order the plays, and look up profiles and metadata."""
-    user_codes, users = encode(plays[C.USER_ID])
-    ts_s = timestamp_seconds(plays)
-    artist_keys, artist_values = encode_keys(plays[C.ARTIST_NAME])
-    track_keys, track_values = encode_keys(plays[C.TRACK_NAME])
-    track_ids, pairs = pd.factorize(artist_keys * len(track_values) + track_keys)
-    pairs = np.asarray(pairs, dtype=np.int64)
-    meta_rows = metadata_rows(metadata, artist_values.take(pa.array(pairs // len(track_values))),
-                              track_values.take(pa.array(pairs % len(track_values))))
-    return PlayFields(
-        plays=plays, user_codes=user_codes, users=users, ts_s=ts_s,
-        order=play_order(user_codes, ts_s), track_ids=track_ids.astype(np.int64),
-        per_track=_take_rows(metadata.select([DURATION_TEXT, GENRE_TEXT]), meta_rows),
-        per_user=_take_rows(people, _lookup_rows(users, people[C.USER_ID].combine_chunks())),
-    )
-
-
-def play_lines(fields: PlayFields, rows: np.ndarray) -> pa.Array:
-    """The CSV lines of the plays at `rows` (indices into the plays table), in that order."""
-    take = pa.array(rows)
-    user = fields.per_user.take(pa.array(fields.user_codes[rows]))
-    track = fields.per_track.take(pa.array(fields.track_ids[rows]))
-    return join_lines([
-        fields.users.take(pa.array(fields.user_codes[rows])),
-        iso_utc_text(fields.ts_s[rows]),
-        quote_minimal(fields.plays[C.ARTIST_NAME].take(take)),
-        quote_minimal(fields.plays[C.TRACK_NAME].take(take)),
-        user[GENDER_TEXT],
-        play_ages(fields.ts_s[rows], user[C.AGE], user[REGISTERED_YEAR],
-                  user[REGISTERED_DAY_KEY]),
-        user[COUNTRY_TEXT],
-        user[REGISTERED_TEXT],
-        track[DURATION_TEXT],
-        track[GENRE_TEXT],
-    ])
-
-
-def write_user_files(out_dir: Path, fields: PlayFields, chunk_rows: int = CHUNK_ROWS) -> int:
-    """Write out_dir/{user}/part-00000.csv for every user, a chunk of users at a time; rows out."""
-    sorted_users = fields.user_codes[fields.order]
-    bounds = np.searchsorted(sorted_users, np.arange(len(fields.users) + 1))
-    names = fields.users.to_pylist()
-    header = header_line(C.USER_DIR_COLUMNS)
-    first = 0
-    while first < len(names):
-        # Whole users per chunk, at least one, about chunk_rows rows.
-        last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + chunk_rows, "right")) - 1)
-        lines = play_lines(fields, fields.order[bounds[first]:bounds[last]])
-        for user in range(first, last):
-            folder = out_dir / names[user]
-            folder.mkdir()
-            with open(folder / USER_FILE, "wb") as fh:
-                fh.write(header)
-                fh.write(line_block(lines, bounds[user] - bounds[first],
-                                    bounds[user + 1] - bounds[first]))
-        first = last
-    return int(bounds[-1])
-
-
-def join_counts(fields: PlayFields) -> dict[str, int]:
-    """How many users and plays found no profile, and how many plays no track metadata."""
-    no_profile = pc.is_null(fields.per_user[C.USER_ID]).to_numpy(zero_copy_only=False)
-    no_metadata = pc.is_null(fields.per_track[DURATION_TEXT]).to_numpy(zero_copy_only=False)
-    plays_per_user = np.bincount(fields.user_codes, minlength=len(fields.users))
-    return {
-        "users": len(fields.users),
-        "users_without_profile": int(no_profile.sum()),
-        "plays_without_profile": int(plays_per_user[no_profile].sum()),
-        "plays_without_metadata": int(np.count_nonzero(no_metadata[fields.track_ids])),
-    }
-
-
-def _local_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
-                       metadata: pa.Table, out_dir: Path) -> dict[str, Any]:
-    """Local engine: read, join and write every user's file; the counts for the manifest."""
-    from utils.raw_reader import read_plays_arrow
-
-    plays = read_plays_arrow(plays_path, rejects_dir)
-    counts = read_counts(plays)
-    # MBIDs are not written: dropping them frees a third of the table at full scale.
-    plays = plays.select([C.USER_ID, C.TIMESTAMP, C.ARTIST_NAME, C.TRACK_NAME])
-    fields = prepare_fields(plays, people, metadata)
-    rows_out = write_user_files(out_dir, fields)
-    return {**counts, **join_counts(fields), "rows_out": rows_out}
 
 
 @locked_stage("user_dir", reads=("tracks",))
@@ -279,7 +164,9 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
             counts = spark_denormalize(plays_path, layout.rejects, people, metadata, tmp,
                                        spark_master)
         else:
-            counts = _local_denormalize(plays_path, layout.rejects, people, metadata, tmp)
+            from utils.denormalize_local import local_denormalize
+
+            counts = local_denormalize(plays_path, layout.rejects, people, metadata, tmp)
     join = {k: counts[k] for k in ("users", "users_without_profile", "plays_without_profile",
                                    "plays_without_metadata")}
     write_manifest(

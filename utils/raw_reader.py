@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,11 @@ from utils.errors import SessionlenError
 from utils.stage_io import atomic_file, require_file
 
 LINE_NUMBER = "line_number"
-CHUNK_BYTES = 64 << 20
+# What read_plays_arrow returns unless asked for fewer columns.
+READ_COLUMNS = (*PLAYS_COLUMNS, LINE_NUMBER)
+# Below glibc's largest mmap threshold (32 MiB): numpy's per-chunk temporaries then reuse
+# heap memory instead of faulting in fresh pages for every chunk (half the system time).
+CHUNK_BYTES = 16 << 20
 # Enough lines to tell a plays file from something else before reading gigabytes of it.
 SNIFF_BYTES = 64 << 10
 MAX_MALFORMED_SHARE = 0.5
@@ -233,8 +237,13 @@ def _invalid_utf8_lines(split: _Split) -> np.ndarray:
 
 
 def valid_user_ids(user_ids: pa.Array) -> np.ndarray:
-    """Mask of user ids usable as folder names (the pattern also keeps out `.` and `..`)."""
-    return pc.match_substring_regex(user_ids, USER_ID_PATTERN).to_numpy(zero_copy_only=False)
+    """Mask of user ids usable as folder names (the pattern also keeps out `.` and `..`).
+
+    A chunk holds the plays of a few users: the pattern is matched once per distinct id.
+    """
+    encoded = pc.dictionary_encode(user_ids)
+    valid = pc.match_substring_regex(encoded.dictionary, USER_ID_PATTERN)
+    return valid.to_numpy(zero_copy_only=False)[encoded.indices.to_numpy()]
 
 
 def civil_days(
@@ -312,8 +321,16 @@ class _PlaysChunk:
     rejects: Rejects
 
 
-def parse_plays_chunk(buf: np.ndarray, with_text: bool = True) -> _PlaysChunk:
-    """Split, validate and type one newline-terminated chunk of the plays file."""
+def parse_plays_chunk(buf: np.ndarray, with_text: bool = True,
+                      columns: Sequence[str] = READ_COLUMNS) -> _PlaysChunk:
+    """Split, validate and type one newline-terminated chunk of the plays file.
+
+    Every line is checked whatever `columns` holds; only the columns asked for are built.
+    """
+    unknown = sorted(set(columns) - set(READ_COLUMNS))
+    if unknown:
+        raise SessionlenError(f"unknown plays column(s) {', '.join(unknown)}; "
+                              f"valid: {', '.join(READ_COLUMNS)}")
     split = split_lines(buf, len(PLAYS_COLUMNS))
     ms, stamp_ok = _timestamps(buf, *split.bounds(1))
     artist_start, artist_end = split.bounds(3)
@@ -323,15 +340,16 @@ def parse_plays_chunk(buf: np.ndarray, with_text: bool = True) -> _PlaysChunk:
          track_end == track_start],
         [BAD_USER_ID, BAD_TIMESTAMP, EMPTY_ARTIST, EMPTY_TRACK], OK).astype(np.int8)
     split.reject(codes)
-    table = pa.table({
-        USER_ID: split.field(0),
-        TIMESTAMP: pa.array(ms[codes == OK], pa.timestamp("ms", tz="UTC")),
-        ARTIST_MBID: _with_nulls_for_empty(split.field(2)),
-        ARTIST_NAME: split.field(3),
-        TRACK_MBID: _with_nulls_for_empty(split.field(4)),
-        TRACK_NAME: split.field(5),
-        LINE_NUMBER: pa.array(split.kept.astype(np.int64) + 1),
-    })
+    builders: dict[str, Callable[[], pa.Array]] = {
+        USER_ID: lambda: split.field(0),
+        TIMESTAMP: lambda: pa.array(ms[codes == OK], pa.timestamp("ms", tz="UTC")),
+        ARTIST_MBID: lambda: _with_nulls_for_empty(split.field(2)),
+        ARTIST_NAME: lambda: split.field(3),
+        TRACK_MBID: lambda: _with_nulls_for_empty(split.field(4)),
+        TRACK_NAME: lambda: split.field(5),
+        LINE_NUMBER: lambda: pa.array(split.kept.astype(np.int64) + 1),
+    }
+    table = pa.table({name: builders[name]() for name in columns})
     return _PlaysChunk(table, len(split.ends), split.rejects(len(PLAYS_COLUMNS), with_text))
 
 
@@ -395,14 +413,15 @@ def _worker_count() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _read_plays_chunks(path: Path, with_text: bool) -> tuple[list[_PlaysChunk], int]:
+def _read_plays_chunks(path: Path, with_text: bool, columns: Sequence[str]
+                       ) -> tuple[list[_PlaysChunk], int]:
     """Parse every chunk of the plays file on a few threads; chunks and total lines, in order."""
     workers = _worker_count()
     results: list[_PlaysChunk] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: collections.deque[Future[_PlaysChunk]] = collections.deque()
         for chunk in iter_line_chunks(path, CHUNK_BYTES):
-            pending.append(pool.submit(parse_plays_chunk, chunk, with_text))
+            pending.append(pool.submit(parse_plays_chunk, chunk, with_text, columns))
             # A bounded queue keeps only a few raw chunks in memory at once.
             if len(pending) > workers:
                 results.append(pending.popleft().result())
@@ -415,7 +434,7 @@ def _renumber(chunks: list[_PlaysChunk]) -> tuple[pa.Table, Rejects]:
     tables, parts, offset = [], [], 0
     for chunk in chunks:
         index = chunk.table.schema.get_field_index(LINE_NUMBER)
-        tables.append(chunk.table.set_column(
+        tables.append(chunk.table if index < 0 else chunk.table.set_column(
             index, LINE_NUMBER, pc.add(chunk.table[LINE_NUMBER], offset)))
         parts.append(Rejects(chunk.rejects.line_numbers + offset, chunk.rejects.reasons,
                               chunk.rejects.lines))
@@ -444,8 +463,10 @@ def write_rejects(path: Path, rejects_dir: Path | None, rejects: Rejects) -> Pat
     return target
 
 
-def read_plays_arrow(path: Path, rejects_dir: Path | None = None) -> pa.Table:
-    """The plays file as an Arrow table: PLAYS_COLUMNS + line_number, kept rows in file order.
+def read_plays_arrow(path: Path, rejects_dir: Path | None = None,
+                     columns: Sequence[str] = READ_COLUMNS) -> pa.Table:
+    """The plays file as an Arrow table of `columns` (default PLAYS_COLUMNS + line_number),
+    kept rows in file order; every line is checked whichever columns are built.
 
     Rejected lines go to `rejects_dir/<name>.rejects.csv` when a folder is given. The counts
     ride in the schema metadata (b"rows_in", b"rows_rejected", b"rejects_path"); `read_plays`
@@ -456,7 +477,7 @@ def read_plays_arrow(path: Path, rejects_dir: Path | None = None) -> pa.Table:
     head = parse_plays_chunk(read_head(path, SNIFF_BYTES), with_text=False)
     check_mostly_valid(path, "plays", PLAYS_EXPECTED, head.n_lines, head.rejects,
                         scope=" at the start of the file")
-    chunks, rows_in = _read_plays_chunks(path, with_text=rejects_dir is not None)
+    chunks, rows_in = _read_plays_chunks(path, rejects_dir is not None, columns)
     check_not_empty(path, "plays", PLAYS_EXPECTED, rows_in)
     table, rejects = _renumber(chunks)
     check_mostly_valid(path, "plays", PLAYS_EXPECTED, rows_in, rejects)

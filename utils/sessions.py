@@ -23,10 +23,12 @@ def session_starts(
     starts = np.ones(n, dtype=bool)
     if n < 2:
         return starts
-    gap_ms = np.diff(timestamps_ms.astype(np.int64))
-    prev_ms = np.nan_to_num(np.asarray(durations_s[:-1], dtype=np.float64), nan=0.0) * 1000.0
-    same_user = user_codes[1:] == user_codes[:-1]
-    starts[1:] = ~same_user | (gap_ms - prev_ms > gap_minutes * 60_000.0)
+    # In place on one float array: at full size every temporary is 150 MB of fresh pages.
+    idle_ms = np.asarray(durations_s[:-1], dtype=np.float64) * 1000.0
+    idle_ms[np.isnan(idle_ms)] = 0.0
+    np.subtract(np.diff(np.asarray(timestamps_ms, dtype=np.int64)), idle_ms, out=idle_ms)
+    np.greater(idle_ms, gap_minutes * 60_000.0, out=starts[1:])
+    starts[1:] |= user_codes[1:] != user_codes[:-1]
     return starts
 
 
@@ -38,6 +40,6 @@ def session_lengths(
     if len(first) == 0:
         return first, np.zeros(0, dtype=np.float64)
     last = np.append(first[1:], len(starts)) - 1
-    ts = timestamps_ms.astype(np.int64)
+    ts = np.asarray(timestamps_ms, dtype=np.int64)
     last_duration = np.nan_to_num(np.asarray(durations_s, dtype=np.float64)[last], nan=0.0)
     return first, (ts[last] - ts[first]) / 1000.0 + last_duration

@@ -56,11 +56,16 @@ def encode(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return codes, encoded.dictionary.cast(pa.large_string())
 
 
+def distinct_keys(names: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Key code of each of `names` (distinct names) and the distinct keys: the key rule runs
+    once per name."""
+    return encode(pa.array([name_key(s) for s in names.to_pylist()], pa.large_string()))
+
+
 def encode_keys(names: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Key code per row and the distinct keys; the key rule runs once per distinct name."""
     codes, uniques = encode(pc.fill_null(names, ""))
-    key_codes, key_uniques = encode(
-        pa.array([name_key(s) for s in uniques.to_pylist()], pa.large_string()))
+    key_codes, key_uniques = distinct_keys(uniques)
     return key_codes[codes], key_uniques
 
 
