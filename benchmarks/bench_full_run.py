@@ -49,6 +49,7 @@ from bench_pipeline import (
     cli,
     command_line,
     descendant_pids,
+    format_machine,
     machine_facts,
     run_child,
     synthetic_scale,
@@ -337,13 +338,8 @@ def format_table(measure: RunMeasure, synth: dict[str, Any] | None) -> str:
 
 def format_facts(facts: dict[str, Any], raw: dict[str, Any]) -> str:
     """Machine, versions, load averages and the data."""
-    libs = ", ".join(f"{k} {v}" for k, v in facts["libraries"].items())
-    loads = [", ".join(f"{x:.2f}" for x in facts[k])
-             for k in ("load_average_start", "load_average_end")]
-    return (f"machine: {facts['cores']} cores ({facts['cpu']}), {facts['ram_gib']} GiB RAM, "
-            f"Python {facts['python']}\n  {libs}\n"
-            f"  load average (1, 5, 15 min): {loads[0]} at the start, {loads[1]} at the end\n"
-            f"raw: {raw['path']} (synthetic, scale {raw['scale']}, seed {raw['seed']}, "
+    return (format_machine(facts)
+            + f"raw: {raw['path']} (synthetic, scale {raw['scale']}, seed {raw['seed']}, "
             f"{raw['plays_file_bytes'] / GIB:.2f} GiB plays file)")
 
 

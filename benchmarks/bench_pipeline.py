@@ -623,15 +623,19 @@ def format_targets(rows: list[dict[str, Any]], full_size: bool) -> str:
     return "\n".join(lines)
 
 
-def format_facts(facts: dict[str, Any], raw: dict[str, Any]) -> str:
-    """Machine and data facts: hardware, versions, load averages, the data."""
+def format_machine(facts: dict[str, Any]) -> str:
+    """Hardware, versions and load averages, ending with a newline."""
     libs = ", ".join(f"{k} {v}" for k, v in facts["libraries"].items())
     loads = [", ".join(f"{x:.2f}" for x in facts[k])
              for k in ("load_average_start", "load_average_end")]
     return (f"machine: {facts['cores']} cores ({facts['cpu']}), {facts['ram_gib']} GiB RAM, "
             f"Python {facts['python']}, Java: {facts['java']}\n  {libs}\n"
-            f"  load average (1, 5, 15 min): {loads[0]} at the start, {loads[1]} at the end\n"
-            f"raw: {raw['path']} (scale {raw['scale'] or 'not synthetic'}, "
+            f"  load average (1, 5, 15 min): {loads[0]} at the start, {loads[1]} at the end\n")
+
+
+def format_facts(facts: dict[str, Any], raw: dict[str, Any]) -> str:
+    """Machine and data facts: hardware, versions, load averages, the data."""
+    return (format_machine(facts) + f"raw: {raw['path']} (scale {raw['scale'] or 'not synthetic'}, "
             f"{raw['plays_file_bytes'] / GIB:.2f} GiB plays file), "
             f"{raw['plays']:,} plays, {raw['tracks']:,} tracks, {raw['sessions']:,} sessions")
 
