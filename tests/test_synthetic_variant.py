@@ -14,11 +14,12 @@ from test_synthetic import assert_rule_measures_ground_truth, plays_with_duratio
 
 from utils import config
 from utils.cli import main
-from utils.columns import GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
+from utils.columns import GT_MEDIAN, GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
 from utils.errors import SessionlenError
 from utils.raw_reader import read_plays, read_profiles
 from utils.synthetic import GROUND_TRUTH, MECHANICS, generate_dataset
 from utils.synthetic_sessions import DATA_START_S, DAY_S, MAX_LENGTH_S, scale_history
+from utils.synthetic_truth import law_columns
 from utils.synthetic_variant import (
     BLOCK_EFFECT,
     CHECKIN_MEAN_S,
@@ -27,10 +28,10 @@ from utils.synthetic_variant import (
     LAMBDA,
     RHO,
     TYPES,
+    VARIANT,
     WEEKEND_EFFECT,
     YEAR_S,
     VariantUsers,
-    conditional_medians,
     draw_users,
     plan_starts,
     planned_cdf,
@@ -152,7 +153,7 @@ def test_median_is_exact_at_fixed_conditions():
     planned = np.repeat([when for _, when in groups], DRAWS)
     first = rng.integers(D_LOW, D_HIGH + 1, len(pick))
     sessions = simulate_sessions(rng, users, owner, planned, first, np.zeros_like(first))
-    median = conditional_medians(sessions, _uniform_duration_cdf)
+    median = law_columns(VARIANT, sessions, _uniform_duration_cdf)[GT_MEDIAN]
     for group in range(len(groups)):
         part = slice(group * DRAWS, (group + 1) * DRAWS)
         assert len(np.unique(median[part])) == 1
@@ -166,7 +167,7 @@ def test_medians_are_medians_through_whole_histories():
     owner, planned = plan_starts(rng, users)
     first = rng.integers(D_LOW, D_HIGH + 1, len(owner))
     sessions = simulate_sessions(rng, users, owner, planned, first, np.zeros_like(first))
-    median = conditional_medians(sessions, _uniform_duration_cdf)
+    median = law_columns(VARIANT, sessions, _uniform_duration_cdf)[GT_MEDIAN]
     assert len(median) > DRAWS / 2
     _assert_is_median(sessions.length_s, median, 4 * np.sqrt(0.25 / len(median)))
     gaps = np.diff(sessions.start_s)[np.diff(sessions.user) == 0]

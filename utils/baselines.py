@@ -14,7 +14,7 @@ import pandas as pd
 
 from utils.columns import (
     CURRENT_SESSION_LENGTH,
-    GT_SESSIONS_COLUMNS,
+    GT_MEDIAN,
     PREVIOUS_SESSION_LENGTH,
     SESSION_ID,
     TIMESTAMP,
@@ -30,7 +30,9 @@ ORACLE = "oracle"
 KEY_COLUMNS = [USER_ID, TIMESTAMP, SESSION_ID]
 GT_SESSIONS_FILE = "sessions.csv"
 GT_START = "start_ms"
-GT_MEDIAN = "median_length_s"
+# What the oracle reads of ground_truth/sessions.csv: datasets generated before the quantile
+# columns were added still serve it.
+GT_ORACLE_COLUMNS = [USER_ID, GT_START, GT_MEDIAN]
 
 
 def _train_lengths(splits: dict[str, pd.DataFrame], train: str, predict: str) -> pd.DataFrame:
@@ -90,13 +92,13 @@ def running_predictions(splits: dict[str, pd.DataFrame], fallback: float) -> pd.
 
 
 def read_ground_truth_sessions(ground_truth_dir: Path) -> pd.DataFrame:
-    """ground_truth/sessions.csv of a synthetic dataset, its columns checked."""
+    """The oracle's columns of a synthetic dataset's ground_truth/sessions.csv, checked."""
     path = require_file(Path(ground_truth_dir) / GT_SESSIONS_FILE, "ground-truth sessions")
     truth = pd.read_csv(path, dtype={USER_ID: str}, keep_default_na=False)
-    missing = [c for c in GT_SESSIONS_COLUMNS if c not in truth.columns]
+    missing = [c for c in GT_ORACLE_COLUMNS if c not in truth.columns]
     if missing:
         raise SessionlenError(f"{path}: missing column(s) {', '.join(missing)}")
-    return truth[GT_SESSIONS_COLUMNS]
+    return truth[GT_ORACLE_COLUMNS]
 
 
 def oracle_predictions(test: pd.DataFrame, truth: pd.DataFrame, user_ids: pd.DataFrame

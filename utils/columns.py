@@ -93,8 +93,17 @@ EXPERIMENT_COLUMNS = [
 COMPARISON_COLUMNS = ["run_id", "stage", "model", "versus", "diff_mae_s", "diff_ci_low",
                       "diff_ci_high", "verdict"]
 
-# ground_truth/ of a synthetic dataset
-GT_SESSIONS_COLUMNS = [USER_ID, "start_ms", "length_s", "median_length_s"]
+# ground_truth/ of a synthetic dataset. Beside each planted length, whole seconds of its exact law
+# given what is known at the session's start: quantiles (column -> level) and, per checkpoint e,
+# the median of the total length given the session lasts more than e seconds (asked mid-session).
+GT_MEDIAN = "median_length_s"
+GT_Q10 = "q10_length_s"
+GT_Q90 = "q90_length_s"
+GT_QUANTILE_LEVELS = {GT_Q10: 0.1, GT_MEDIAN: 0.5, GT_Q90: 0.9}
+GT_CHECKPOINTS_S = (600, 1800, 3600)
+GT_GIVEN_MEDIANS = {f"median_length_given_{e}_s": e for e in GT_CHECKPOINTS_S}
+GT_LAW_COLUMNS = [GT_MEDIAN, GT_Q10, GT_Q90, *GT_GIVEN_MEDIANS]
+GT_SESSIONS_COLUMNS = [USER_ID, "start_ms", "length_s", *GT_LAW_COLUMNS]
 GT_TRACKS_COLUMNS = [
     ARTIST_NAME, TRACK_NAME, ARTIST_MBID, TRACK_MBID, "duration_ms", "tags",
 ]

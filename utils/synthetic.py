@@ -5,8 +5,9 @@ Steps of `generate_dataset` (each in its own module):
 1. a catalog of artists and tracks with names, MBIDs, durations and Zipf popularity
    (synthetic_catalog, synthetic_names), scaled to the plays the scale asks for;
 2. listeners: profile fields, time zone, archetype, activity window, habits (synthetic_sessions);
-3. sessions: planned start times, then the length model run forward in time, with the exact
-   conditional median of each length given what is known at its start (synthetic_sessions);
+3. sessions: planned start times, then the length model run forward in time (synthetic_sessions),
+   with exact conditional quantiles of each length given what is known at its start
+   (synthetic_truth);
 4. plays laid out inside the sessions so the session rule measures the planted lengths exactly,
    written user batch by user batch, newest first (synthetic_plays);
 5. ground truth (planted sessions, the catalog, the archetypes) and the calibration table
@@ -26,6 +27,8 @@ import pandas as pd
 import pyarrow as pa
 
 from utils.columns import (
+    GT_LAW_COLUMNS,
+    GT_MEDIAN,
     GT_SESSIONS_COLUMNS,
     GT_TRACKS_COLUMNS,
     GT_USERS_COLUMNS,
@@ -50,9 +53,10 @@ from utils.synthetic_catalog import Catalog, DurationCdf, Libraries, build_catal
 from utils.synthetic_names import COUNTRIES, STR, to_arrow
 from utils.synthetic_plays import civil_dates, expected_rows, mean_gap_s, session_plays, tsv_bytes
 from utils.synthetic_sessions import STANDARD, Mechanics, Sessions, Users, scale_history, thin_plan
+from utils.synthetic_truth import law_columns
 from utils.synthetic_variant import VARIANT
 
-__all__ = ["MECHANICS", "SynthReport", "format_calibration", "generate_dataset"]
+__all__ = ["MECHANICS", "SynthReport", "format_calibration", "generate_dataset", "plant"]
 
 MECHANICS: dict[str, Mechanics] = {m.name: m for m in (STANDARD, VARIANT)}
 
@@ -61,6 +65,7 @@ GT_SESSIONS = "sessions.csv"
 GT_TRACKS = "tracks.csv"
 GT_USERS = "users.csv"
 CALIBRATION = "calibration.csv"
+PLAYS_STREAM = 5  # index of the plays' generator in _generators
 HEADROOM = 1.1  # plan 10% more sessions than needed, then thin the plan to the exact size
 BATCH_ROWS = 2_000_000  # plays generated and written per batch of users
 REGISTERED_YEARS = {2002: 1, 2003: 13, 2004: 77, 2005: 302, 2006: 438, 2007: 147, 2008: 2,
@@ -92,7 +97,20 @@ class Listening:
     libraries: Libraries
     gap_s: np.ndarray  # expected in-session gap per user
     sessions: Sessions
-    medians: np.ndarray
+    truth: dict[str, np.ndarray]  # GT_LAW_COLUMNS of the sessions, by name
+
+
+@dataclass(frozen=True)
+class Planted:
+    """A dataset before any file is written: its law, size, catalog, profiles and listening."""
+
+    law: Mechanics
+    users: int
+    plays_factor: float
+    share: float  # of the real dataset's plays
+    catalog: Catalog
+    profiles: Profiles
+    world: Listening
 
 
 def generate_dataset(out: Path, scale: str = "tiny", users: int | None = None,
@@ -102,23 +120,20 @@ def generate_dataset(out: Path, scale: str = "tiny", users: int | None = None,
     `mechanics` picks the session-level law (MECHANICS); the file formats are the same for all.
     """
     start = time.perf_counter()
-    n_users, plays_factor = _resolve_size(scale, users, seed)
-    law = _resolve_mechanics(mechanics)
     out = Path(out)
     _check_out(out)
-    rng = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
-    share = n_users / REAL_USERS * plays_factor
-    catalog = build_catalog(rng[0], share)
-    profiles = _draw_profiles(rng[1], n_users)
-    world = _simulate(law, rng[2:5], catalog, profiles, REAL_PLAYS * share)
+    planted = plant(scale, users, seed, mechanics)
+    law, n_users, plays_factor = planted.law, planted.users, planted.plays_factor
+    catalog, world = planted.catalog, planted.world
     user_ids = np.strings.add("user_", np.strings.zfill(np.arange(1, n_users + 1).astype(str), 6))
     with atomic_dir(out) as tmp:
-        counts, rows = _write_plays(tmp / PLAYS_FILE, rng[5], catalog, world, to_arrow(user_ids))
-        counts.update(_write_profiles(tmp / PROFILE_FILE, user_ids, profiles))
+        counts, rows = _write_plays(tmp / PLAYS_FILE, _generators(seed)[PLAYS_STREAM], catalog,
+                                    world, to_arrow(user_ids))
+        counts.update(_write_profiles(tmp / PROFILE_FILE, user_ids, planted.profiles))
         _write_ground_truth(tmp / GROUND_TRUTH, user_ids, world, catalog, counts.pop("played"))
         sessions = world.sessions
-        figures = (*count_figures(counts, n_users, share),
-                   *difficulty_figures(sessions.user, sessions.length_s, world.medians),
+        figures = (*count_figures(counts, n_users, planted.share),
+                   *difficulty_figures(sessions.user, sessions.length_s, world.truth[GT_MEDIAN]),
                    cluster_figure(sessions.user, sessions.length_s, rows,
                                   world.people.archetype, law.types, plays_factor, seed,
                                   law.separated_types))
@@ -136,6 +151,28 @@ def generate_dataset(out: Path, scale: str = "tiny", users: int | None = None,
             timings={"total": report.seconds},
         )
     return report
+
+
+def plant(scale: str = "tiny", users: int | None = None, seed: int = 1,
+          mechanics: str = "standard") -> Planted:
+    """What `generate_dataset` writes for these arguments, simulated without writing a file.
+
+    The planted law stays in memory, so tests can draw from each session's own law.
+    """
+    n_users, plays_factor = _resolve_size(scale, users, seed)
+    law = _resolve_mechanics(mechanics)
+    rng = _generators(seed)
+    share = n_users / REAL_USERS * plays_factor
+    catalog = build_catalog(rng[0], share)
+    profiles = _draw_profiles(rng[1], n_users)
+    world = _simulate(law, rng[2:PLAYS_STREAM], catalog, profiles, REAL_PLAYS * share)
+    return Planted(law=law, users=n_users, plays_factor=plays_factor, share=share,
+                   catalog=catalog, profiles=profiles, world=world)
+
+
+def _generators(seed: int) -> list[np.random.Generator]:
+    """The dataset's independent streams: catalog, profiles, users, libraries, sessions, plays."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
 
 
 def _simulate(law: Mechanics, rngs: list[np.random.Generator], catalog: Catalog,
@@ -163,7 +200,7 @@ def _simulate(law: Mechanics, rngs: list[np.random.Generator], catalog: Catalog,
     sessions = law.simulate_sessions(rng_sessions, people, owner, planned,
                                      catalog.duration_s[first], first)
     return Listening(people=people, libraries=libraries, gap_s=gap, sessions=sessions,
-                     medians=law.conditional_medians(sessions, DurationCdf(libraries, catalog)))
+                     truth=law_columns(law, sessions, DurationCdf(libraries, catalog)))
 
 
 def _resolve_size(scale: str, users: int | None, seed: int) -> tuple[int, float]:
@@ -306,7 +343,8 @@ def _write_ground_truth(folder: Path, user_ids: np.ndarray, world: Listening, ca
     sessions = world.sessions
     folder.mkdir()
     _csv(folder / GT_SESSIONS, GT_SESSIONS_COLUMNS, [
-        user_ids[sessions.user], sessions.start_s * 1000, sessions.length_s, world.medians])
+        user_ids[sessions.user], sessions.start_s * 1000, sessions.length_s,
+        *(world.truth[name] for name in GT_LAW_COLUMNS)])
     track = np.flatnonzero(played)
     artist = catalog.track_artist[track]
     tags = np.where(catalog.track_tagged[track], catalog.artist_tags[artist], "")

@@ -8,13 +8,14 @@ Generative model of session k of user u (all times in the user's local clock):
     D_k    = duration of the session's first track, drawn from u's library, independent of T_k
     L_k    = D_k if round(T_k) <= D_k (one play) else round(T_k)       (the realized length)
 
-(round(T_k) is capped at MAX_LENGTH_S, far above any median, which leaves medians unchanged.)
+(round(T_k) is capped at MAX_LENGTH_S, far above any median.)
 
 Plays are laid out so that the session rule measures exactly L_k (see synthetic_plays), so L_k is
 observable; mu_k depends only on what is known when session k starts (the user, the start time,
 the previous session's length). Hence P(L_k <= x | known) = Phi((ln(x + 1/2) - mu_k) / SIGMA) *
-F_u(x) with F_u the user's first-track duration law, and the smallest whole x where that reaches
-1/2 is an exact conditional median: the MAE-optimal prediction, written as median_length_s.
+F_u(x) below the cap and F_u(x) from it on, with F_u the user's first-track duration law: the
+exact CDF from which synthetic_truth solves the ground truth's quantiles, the median first (the
+MAE-optimal prediction, written as median_length_s).
 """
 
 from __future__ import annotations
@@ -251,8 +252,7 @@ def simulate_sessions(
         beta = (base_level[live] + HOUR_EFFECT[(local // 3600) % 24]
                 + WEEKDAY_EFFECT[(local // DAY_S + 3) % 7])
         mu[s] = beta + PERSISTENCE * deviation[live]
-        planned_length = np.minimum(np.rint(np.exp(mu[s] + SIGMA * eps[s])), MAX_LENGTH_S)
-        length[s] = np.maximum(planned_length, first_duration[s]).astype(np.int64)
+        length[s] = realized_lengths(planned_lengths(eps[s], mu[s]), first_duration[s])
         start[s] = begin
         deviation[live] = np.log(length[s]) - beta
         previous_end[live] = begin + length[s]
@@ -270,20 +270,28 @@ def thin_plan(rng: np.random.Generator, owner: np.ndarray, keep_share: float) ->
     return first | (rng.random(len(owner)) < keep_share)
 
 
-def conditional_medians(sessions: Sessions, first_track_cdf: DurationCdf) -> np.ndarray:
-    """The smallest whole x with P(L <= x | what is known at the start) >= 1/2, per session."""
-    low = np.zeros(len(sessions.user), dtype=np.int64)  # P(L <= 0) = 0
-    high = np.full(len(sessions.user), MAX_LENGTH_S + 4000, dtype=np.int64)  # P = 1
-    while np.any(high - low > 1):
-        mid = (low + high) // 2
-        p = ndtr((np.log(mid + 0.5) - sessions.mu) / SIGMA) * first_track_cdf(sessions.user, mid)
-        low, high = np.where(p >= 0.5, low, mid), np.where(p >= 0.5, mid, high)
-    return high
+def planned_lengths(eps: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """T from one standard normal draw per session."""
+    return np.exp(mu + SIGMA * eps)
+
+
+def realized_lengths(planned_s: np.ndarray, first_duration: np.ndarray) -> np.ndarray:
+    """L of every law: T rounded to whole seconds and capped, but never shorter than D."""
+    capped = np.minimum(np.rint(planned_s), MAX_LENGTH_S)
+    return np.maximum(capped, first_duration).astype(np.int64)
+
+
+def conditional_cdf(sessions: Sessions, first_track_cdf: DurationCdf, x: np.ndarray
+                    ) -> np.ndarray:
+    """P(L <= x | what is known at the start) at whole seconds x, one row of x per session."""
+    planned = ndtr((np.log(x + 0.5) - sessions.mu[:, None]) / SIGMA)
+    planned = np.where(x < MAX_LENGTH_S, planned, 1.0)
+    return planned * first_track_cdf(np.broadcast_to(sessions.user[:, None], x.shape), x)
 
 
 @dataclass(frozen=True)
 class Mechanics:
-    """A session-level law: who listens, when sessions start, how long they last, exact medians.
+    """A session-level law: who listens, when, for how long, and each length's exact CDF.
 
     Everything else (catalog, libraries, plays, files) is shared by every law, so two laws differ
     only in what a model has to learn.
@@ -293,7 +301,7 @@ class Mechanics:
     draw_users: Callable[[np.random.Generator, np.ndarray, np.ndarray], Users]
     plan_starts: Callable[[np.random.Generator, Users], tuple[np.ndarray, np.ndarray]]
     simulate_sessions: Callable[..., Sessions]
-    conditional_medians: Callable[[Sessions, DurationCdf], np.ndarray]
+    conditional_cdf: Callable[[Sessions, DurationCdf, np.ndarray], np.ndarray]
     mean_length_s: Callable[[Users], np.ndarray]
     types: int  # planted listener types (users.csv archetype is in 0..types-1)
     separated_types: bool  # False: types overlap by design, so their cluster ARI is not a target
@@ -302,7 +310,7 @@ class Mechanics:
 
 STANDARD = Mechanics(
     name="standard", draw_users=draw_users, plan_starts=plan_starts,
-    simulate_sessions=simulate_sessions, conditional_medians=conditional_medians,
+    simulate_sessions=simulate_sessions, conditional_cdf=conditional_cdf,
     mean_length_s=mean_length_s, types=len(ARCHETYPES), separated_types=True,
     parameters={"sigma": SIGMA, "persistence": PERSISTENCE,
                 "archetypes": [a.name for a in ARCHETYPES]},

@@ -17,7 +17,8 @@ offset added to the country's zone):
 b_u, c_u, beta_u, s_u and drift_u vary continuously across listeners around their type's values;
 three types are planted. Everything on the right is known when session k starts (with u's latent
 traits), and D_k is drawn independently of T_k, so P(L_k <= x | known) = F_T(x + 1/2) F_u(x)
-for x < MAX_LENGTH_S: the exact conditional median is found by bisection on whole seconds.
+below the cap and F_u(x) from it on: the exact CDF from which synthetic_truth solves the ground
+truth's quantiles.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from utils.synthetic_sessions import (
     Users,
     day_grid,
     draw_days,
+    realized_lengths,
     session_grid,
     skip_habits,
 )
@@ -244,7 +246,7 @@ def simulate_sessions(
         gap_block = _gap_block(begin - previous_end[live], np.full(len(live), k == 0))
         mu[s], checkin[s] = _session_law(users, live, begin, gap_block, state[live])
         planned = planned_lengths(uniforms[s], checkin[s], mu[s], users.shape[live])
-        length[s] = np.maximum(np.minimum(np.rint(planned), MAX_LENGTH_S), first_duration[s])
+        length[s] = realized_lengths(planned, first_duration[s])
         start[s] = begin
         deviation = np.clip(np.log(length[s]) - mu[s], -DEVIATION_CLIP, DEVIATION_CLIP)
         state[live] = LAMBDA * state[live] + (1 - LAMBDA) * deviation
@@ -255,21 +257,18 @@ def simulate_sessions(
     return sessions.take(start <= DATA_END_S - MAX_LENGTH_S)
 
 
-def conditional_medians(sessions: VariantSessions, first_track_cdf: DurationCdf) -> np.ndarray:
-    """The smallest whole x with P(L <= x | what is known at the start) >= 1/2, per session."""
-    low = np.zeros(len(sessions.user), dtype=np.int64)  # P(L <= 0) = 0
-    high = np.full(len(sessions.user), MAX_LENGTH_S, dtype=np.int64)  # P(L <= cap) = 1
-    while np.any(high - low > 1):
-        mid = (low + high) // 2
-        planned = planned_cdf(mid + 0.5, sessions.checkin, sessions.mu, sessions.shape)
-        p = planned * first_track_cdf(sessions.user, mid)
-        low, high = np.where(p >= 0.5, low, mid), np.where(p >= 0.5, mid, high)
-    return high
+def conditional_cdf(sessions: VariantSessions, first_track_cdf: DurationCdf, x: np.ndarray
+                    ) -> np.ndarray:
+    """P(L <= x | what is known at the start) at whole seconds x, one row of x per session."""
+    planned = planned_cdf(x + 0.5, sessions.checkin[:, None], sessions.mu[:, None],
+                          sessions.shape[:, None])
+    planned = np.where(x < MAX_LENGTH_S, planned, 1.0)
+    return planned * first_track_cdf(np.broadcast_to(sessions.user[:, None], x.shape), x)
 
 
 VARIANT = Mechanics(
     name="variant", draw_users=draw_users, plan_starts=plan_starts,
-    simulate_sessions=simulate_sessions, conditional_medians=conditional_medians,
+    simulate_sessions=simulate_sessions, conditional_cdf=conditional_cdf,
     mean_length_s=mean_length_s, types=len(TYPES), separated_types=False,
     parameters={"checkin_mean_s": CHECKIN_MEAN_S, "ewma_weight": LAMBDA, "persistence": RHO,
                 "types": [t.name for t in TYPES]},
