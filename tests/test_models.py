@@ -11,7 +11,14 @@ import pytest
 
 from utils import columns as C
 from utils import experiment, plots
-from utils.boosting import BoostingSettings, fit_lightgbm, predict_lightgbm
+from utils.boosting import (
+    BoostingSettings,
+    candidate_settings,
+    fit_lightgbm,
+    fit_lightgbm_candidates,
+    predict_lightgbm,
+    validation_mae,
+)
 from utils.config import ModelParams, WorkLayout
 from utils.errors import SessionlenError, StageIncompleteError
 from utils.features import FeatureSet, build_feature_set
@@ -180,6 +187,31 @@ def test_lightgbm_learns_the_signal_and_is_deterministic(features):
     assert mae < user_median_mae(features)
 
 
+def test_lightgbm_keeps_the_candidate_with_the_lowest_validation_mae(features):
+    base = BoostingSettings(max_rounds=200, early_stopping_rounds=20, min_child_samples=20, seed=4)
+    candidates = candidate_settings(base, [2, 8], [0.3, 1.0])
+    assert [(c.num_leaves, c.feature_fraction) for c in candidates] == [
+        (2, 0.3), (2, 1.0), (8, 0.3), (8, 1.0)]
+    trained, chosen = fit_lightgbm_candidates(features, candidates, log=lambda _: None)
+    table = trained.candidates
+    assert len(table) == 4 and table["chosen"].sum() == 1
+    best = table.loc[table["val_mae_s"].idxmin()]
+    assert bool(best["chosen"])
+    assert (chosen.num_leaves, chosen.feature_fraction) == (best["num_leaves"],
+                                                            best["feature_fraction"])
+    # Each candidate's score is its own fit's validation MAE: refitting the chosen one alone
+    # gives the same trees.
+    alone = fit_lightgbm(features, chosen, log=lambda _: None)
+    assert validation_mae(alone, features) == pytest.approx(best["val_mae_s"])
+    validate = features.rows["validate"]
+    np.testing.assert_array_equal(predict_lightgbm(alone, features, validate),
+                                  predict_lightgbm(trained, features, validate))
+    with pytest.raises(SessionlenError, match="must list at least one value"):
+        candidate_settings(base, [], [0.5])
+    with pytest.raises(SessionlenError, match="feature_fraction must be in"):
+        fit_lightgbm_candidates(features, candidate_settings(base, [4], [1.5]))
+
+
 def test_lightgbm_settings_are_validated():
     with pytest.raises(SessionlenError, match="learning_rate must be in"):
         BoostingSettings(learning_rate=0.0).lightgbm_params()
@@ -257,7 +289,10 @@ def test_experiment_scores_every_model_on_the_same_rows_and_records_them(tmp_pat
     params = ModelParams(epochs=1, batch_size=128, hidden_dim=8, dropout=[0.0, 0.3], seed=5)
     trained = experiment.train_networks(run, params, log=lambda _: None)
     assert len(trained) == 6 and (trained["epochs_run"] == 1).all()
-    experiment.train_lightgbm(run, BoostingSettings(max_rounds=50), log=lambda _: None)
+    booster = experiment.train_lightgbm(
+        run, candidate_settings(BoostingSettings(max_rounds=50, min_child_samples=20), [2, 4],
+                                [1.0]), log=lambda _: None)
+    assert len(booster.candidates) == 2 and booster.candidates["chosen"].sum() == 1
     table = experiment.results_table(run)
     compared = experiment.comparisons(run, table)
     assert experiment.record_results(run, table, compared) == WorkLayout(work).experiments

@@ -2,23 +2,30 @@
 
 Trained with the L1 objective on log1p(length): the prediction is the conditional median, which
 minimizes MAE in seconds after the transform back. Seeded, deterministic and single-threaded, so a
-rerun reproduces the same trees.
+rerun reproduces the same trees. A few candidate settings are fit side by side and the one with
+the lowest validation MAE in seconds is kept: how large the trees may be and how many features
+each sees depends on the data (how strong and how nonlinear its signal is), which no fixed
+choice knows in advance.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from utils import evaluation
 from utils.config import StrictParams
 from utils.errors import SessionlenError
 from utils.features import FeatureSet, tabular_features
+from utils.parallel import worker_count
 
 LOG_EVERY = 100
 
@@ -29,9 +36,8 @@ class BoostingSettings(StrictParams):
 
     Small trees and large leaves by default: a session's length varies by a factor of about e
     around its conditional median, so the signal a split can find is small next to the noise,
-    and each leaf needs hundreds of sessions before its median means something. Interactions
-    the task needs (time of day by the listener's habits) are given as features, so trees of a
-    few leaves suffice; early stopping on the validation split sets how many.
+    and each leaf needs hundreds of sessions before its median means something. Early stopping
+    on the validation split sets the number of trees; `candidate_settings` varies the rest.
     """
 
     learning_rate: float = 0.03
@@ -71,6 +77,23 @@ class TrainedBooster:
     best_round: int
     train_seconds: float
     curves: dict[str, list[float]] = field(default_factory=dict)
+    candidates: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def candidate_settings(base: BoostingSettings, num_leaves: list[int],
+                       feature_fraction: list[float]) -> list[BoostingSettings]:
+    """`base` with every combination of the listed tree sizes and feature fractions.
+
+    Few leaves with every feature suits a signal that is nearly additive; more leaves find
+    interactions, and a small feature fraction decorrelates the trees when many features carry
+    the same information (the listener's level is in a dozen history statistics), which damps
+    the noise each tree fits.
+    """
+    if not num_leaves or not feature_fraction:
+        raise SessionlenError("LightGBM num_leaves and feature_fraction must list at least one "
+                              "value each")
+    return [replace(base, num_leaves=leaves, feature_fraction=fraction)
+            for leaves, fraction in itertools.product(num_leaves, feature_fraction)]
 
 
 def _log_target(features: FeatureSet, rows: np.ndarray) -> np.ndarray:
@@ -98,6 +121,39 @@ def fit_lightgbm(features: FeatureSet, settings: BoostingSettings,
         f"({seconds:.1f} s)")
     return TrainedBooster(booster, list(table.columns), booster.best_iteration, seconds,
                           {"loss": curves["train"]["l1"], "val_loss": curves["validate"]["l1"]})
+
+
+def validation_mae(trained: TrainedBooster, features: FeatureSet) -> float:
+    """MAE in seconds on the validation rows: what chooses among candidate settings."""
+    rows = features.rows["validate"]
+    return evaluation.mae(features.lengths_s[rows], predict_lightgbm(trained, features, rows))
+
+
+def fit_lightgbm_candidates(features: FeatureSet, candidates: list[BoostingSettings],
+                            log: Callable[[str], None] = print
+                            ) -> tuple[TrainedBooster, BoostingSettings]:
+    """Fit every candidate (two at a time: each fit is single-threaded) and keep the one with
+    the lowest validation MAE, with the table of every candidate's score as its `candidates`."""
+    if not candidates:
+        raise SessionlenError("no LightGBM settings to fit")
+    for settings in candidates:
+        settings.lightgbm_params()
+    with ThreadPoolExecutor(worker_count(cap=2)) as pool:
+        fitted = list(pool.map(lambda s: fit_lightgbm(features, s, log=lambda _: None),
+                               candidates))
+    scores = [validation_mae(trained, features) for trained in fitted]
+    best = min(range(len(candidates)), key=lambda i: (scores[i], i))
+    table = pd.DataFrame([{
+        "num_leaves": s.num_leaves, "feature_fraction": s.feature_fraction,
+        "min_child_samples": s.min_child_samples, "best_round": t.best_round,
+        "val_mae_s": score, "train_seconds": t.train_seconds, "chosen": i == best,
+    } for i, (s, t, score) in enumerate(zip(candidates, fitted, scores, strict=True))])
+    chosen = candidates[best]
+    fitted[best].candidates = table
+    log(f"lightgbm: chose num_leaves {chosen.num_leaves}, feature_fraction "
+        f"{chosen.feature_fraction:g} of {len(candidates)} candidates on validation MAE "
+        f"{scores[best]:,.0f} s")
+    return fitted[best], chosen
 
 
 def _progress(log: Callable[[str], None]) -> Callable[[Any], None]:

@@ -20,7 +20,12 @@ from matplotlib.figure import Figure
 from utils import columns as C
 from utils import evaluation, plots
 from utils.baselines import BASELINES, KEY_COLUMNS, ORACLE, baseline_predictions
-from utils.boosting import BoostingSettings, TrainedBooster, fit_lightgbm, predict_lightgbm
+from utils.boosting import (
+    BoostingSettings,
+    TrainedBooster,
+    fit_lightgbm_candidates,
+    predict_lightgbm,
+)
 from utils.config import ModelParams, WorkLayout
 from utils.errors import DatasetTooSmallError, SessionlenError
 from utils.features import FeatureSet, build_feature_set
@@ -197,17 +202,19 @@ def train_networks(experiment: Experiment, params: ModelParams, compare_networks
     return pd.DataFrame(lines).set_index("model")
 
 
-def train_lightgbm(experiment: Experiment, settings: BoostingSettings,
+def train_lightgbm(experiment: Experiment, candidates: list[BoostingSettings],
                    log: Callable[[str], None] = print) -> TrainedBooster:
-    """Fit LightGBM on the same train rows and features, and score it on the test rows."""
+    """Fit LightGBM with each candidate setting on the same train rows and features, keep the
+    one with the lowest validation MAE, and score it on the test rows."""
     features = experiment.features
-    trained = fit_lightgbm(features, settings, log)
+    trained, chosen = fit_lightgbm_candidates(features, candidates, log)
     experiment.results.append(ModelResult(
         "lightgbm", "lightgbm",
-        {**settings.to_dict(), "best_round": trained.best_round, **feature_params(features)},
+        {**chosen.to_dict(), "best_round": trained.best_round, "candidates": len(candidates),
+         **feature_params(features)},
         predict_lightgbm(trained, features, features.rows["validate"]),
         predict_lightgbm(trained, features, features.rows["test"]),
-        trained.train_seconds, trained.curves))
+        float(trained.candidates["train_seconds"].sum()), trained.curves))
     return trained
 
 
