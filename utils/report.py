@@ -33,7 +33,7 @@ STAGE_LEGENDS = {"in_session": "in_session (÷ user_median_lasted)"}
 ORACLE_COLOR = "#212121"
 # Beyond this many experiments the timeline's x labels would overlap: show run positions only.
 MAX_LABELLED = 60
-TABLE_COLUMNS = ["stage", CHECKPOINT_S, "model", "selected", "val_mae_s", "mae_s", "mae_ci_low",
+TABLE_COLUMNS = ["stage", "model", "selected", "val_mae_s", "mae_s", "mae_ci_low",
                  "mae_ci_high", "normalized_mae", "headroom_captured", "headroom_ci_low",
                  "headroom_ci_high", "diff_vs_reference_s", "train_seconds"]
 COMPARISON_TABLE = ["stage", "model", "versus", "diff_mae_s", "diff_ci_low", "diff_ci_high",
