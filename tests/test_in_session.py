@@ -28,6 +28,7 @@ from utils.in_session_features import (
     PLAY_FEATURES,
     SESSION,
     SUMMARY_FEATURES,
+    attach_sessions,
     known_plays,
     play_sequences,
     play_table,
@@ -62,9 +63,15 @@ def plays_frame(sessions: list[list[tuple[float, float, int]]], user: int = 0) -
 
 def features_at(plays: pd.DataFrame, checkpoint_s: float
                 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """(known plays, per-session summary, sequences of every session) at a checkpoint."""
-    lengths = plays.groupby(SESSION)[C.SESSION_LENGTH].first().to_numpy()
-    known = known_plays(play_table(plays), lengths > checkpoint_s, checkpoint_s)
+    """(known plays, per-session summary, sequences of every session) at a checkpoint, the
+    plays joined to their sessions through a summary-like session table, as the stage does."""
+    first = plays.groupby(SESSION).first()
+    sessions = pd.DataFrame({C.USER_ID: first[C.USER_ID], C.TIMESTAMP: first[C.START_TIMESTAMP],
+                             C.SESSION_ID: first[C.SESSION_ID]})
+    joined = attach_sessions(plays.drop(columns=SESSION), sessions)
+    assert joined[SESSION].tolist() == plays[SESSION].tolist()
+    lengths = first[C.SESSION_LENGTH].to_numpy()
+    known = known_plays(play_table(joined), lengths > checkpoint_s, checkpoint_s)
     summary = summarize_known(known, len(lengths), checkpoint_s)
     sequences = play_sequences(known, np.arange(len(lengths)), 8, 100, 100)
     return known, summary, sequences.numeric
