@@ -39,7 +39,11 @@ def dataset(out: Path, mechanics: str, scale: str, seed: int) -> Path:
 def recorded_runs(work: Path) -> pd.DataFrame:
     """The latest rows of each stage recorded in WORK, labelled like the report's tables."""
     rows = latest_runs(load_experiments(work))
-    return rows.assign(label=model_labels(rows))
+    # The in-session stage picks and scores once per checkpoint: each is a stage of its own here.
+    point = rows["checkpoint_s"]
+    stage = rows["stage"].where(point.isna(), rows["stage"] + " @ "
+                                + point.map(lambda e: f"{e:g} s"))
+    return rows.assign(label=model_labels(rows), stage=stage)
 
 
 def run_pipeline(out: Path, raw: Path, name: str, scale: str, seed: int, reuse: bool
@@ -51,7 +55,7 @@ def run_pipeline(out: Path, raw: Path, name: str, scale: str, seed: int, reuse: 
     work, log = out / "work" / name, out / "logs" / f"{name}.log"
     if reuse and (work / "results" / "experiments.csv").is_file():
         rows = recorded_runs(work)
-        if set(rows["stage"]) == {"baseline", "clusters"}:
+        if {"baseline", "clusters"} <= set(rows["stage"]):
             return rows
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "utils.cli", "run", "--raw", str(raw), "--work", str(work),

@@ -21,6 +21,7 @@ DESIGN_NOTEBOOKS = [
     "models_with_clusters/3_build_user_profiles.ipynb",
     "models_with_clusters/4_cluster_analysis.ipynb",
     "models_with_clusters/5_train_and_test_model.ipynb",
+    "models_with_clusters/6_in_session.ipynb",
 ]
 
 
@@ -58,7 +59,13 @@ def test_results_table_has_baselines_and_models(tiny_run: runner.RunPaths) -> No
     assert {"global_median", "user_mean", "user_median", "previous_session", "oracle",
             "lightgbm", "gru", "lstm", "layered_lstm"} <= models
     assert (results["mae_s"] > 0).all()
-    assert results["n_test"].nunique() == 1, "every model must be scored on the same test rows"
+    at_start = results[results["checkpoint_s"].isna()]
+    assert at_start["n_test"].nunique() == 1, "every model must be scored on the same test rows"
+    # In-session rows: the same test rows per checkpoint, the sessions that lasted that long.
+    in_session = results.groupby("checkpoint_s")["n_test"]
+    assert (in_session.nunique() == 1).all() and len(in_session) == 3
+    assert in_session.first().is_monotonic_decreasing
+    assert (in_session.first() < at_start["n_test"].iloc[0]).all()
 
 
 @pytest.mark.notebooks
@@ -79,7 +86,12 @@ def test_executed_notebooks_write_nothing_to_stderr(tiny_run: runner.RunPaths) -
 def test_results_follow_the_validation_protocol(tiny_run: runner.RunPaths) -> None:
     results = pd.read_csv(tiny_run.experiments)
     assert {"user_mean_running", "user_median_running"} <= set(results["model"])
-    for stage, rows in results.groupby("stage"):
+    assert set(results["stage"]) == {"baseline", "clusters", "in_session"}
+    in_session = results[results["stage"] == "in_session"]
+    assert in_session["checkpoint_s"].notna().all()
+    assert results.loc[results["stage"] != "in_session", "checkpoint_s"].isna().all()
+    # The in-session stage picks one model per checkpoint; the others one per stage.
+    for stage, rows in results.groupby(["stage", "checkpoint_s"], dropna=False):
         assert rows["selected"].sum() == 1, stage
         assert rows["val_mae_s"].notna().all() and rows["reference"].nunique() == 1
         for name in ("mae", "headroom", "diff_vs_reference"):

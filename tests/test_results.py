@@ -10,7 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.columns import COMPARISON_COLUMNS, EXPERIMENT_COLUMNS
+from utils.columns import (
+    COMPARISON_FILE_COLUMNS,
+    EXPERIMENT_COLUMNS,
+    EXPERIMENT_FILE_COLUMNS,
+)
 from utils.errors import SessionlenError
 from utils.results import (
     append_comparisons,
@@ -45,10 +49,11 @@ def test_append_creates_then_appends(tmp_path: Path) -> None:
     assert path == tmp_path / "results" / "experiments.csv"
     append_experiments(tmp_path, [row("b"), row("c", stage="clusters")])
     lines = path.read_text().splitlines()
-    assert lines[0] == ",".join(EXPERIMENT_COLUMNS)
+    assert lines[0] == ",".join(EXPERIMENT_FILE_COLUMNS)
     assert len(lines) == 4
     table = load_experiments(tmp_path)
-    assert table.columns.tolist() == EXPERIMENT_COLUMNS
+    assert table.columns.tolist() == EXPERIMENT_FILE_COLUMNS
+    assert table["checkpoint_s"].isna().all(), "only the in-session stage has checkpoints"
     assert table["model"].tolist() == ["a", "b", "c"]
     assert table["stage"].tolist() == ["baseline", "baseline", "clusters"]
     assert table["params"].tolist() == ['{"a": 1, "b": 2}'] * 3
@@ -105,7 +110,7 @@ def test_concurrent_appends_keep_every_row(tmp_path: Path) -> None:
 
 def test_load_without_file_is_empty(tmp_path: Path) -> None:
     table = load_experiments(tmp_path)
-    assert table.empty and table.columns.tolist() == EXPERIMENT_COLUMNS
+    assert table.empty and table.columns.tolist() == EXPERIMENT_FILE_COLUMNS
 
 
 def test_a_file_from_before_the_new_columns_is_carried_over(tmp_path: Path) -> None:
@@ -115,7 +120,7 @@ def test_a_file_from_before_the_new_columns_is_carried_over(tmp_path: Path) -> N
                     + 'r0,2023-01-01T00:00:00Z,baseline,gru,"{""a"": 1}",10,99.5,150,120,0.83,2\n')
     append_experiments(tmp_path, [row("new", selected=True)])
     table = load_experiments(tmp_path)
-    assert path.read_text().splitlines()[0] == ",".join(EXPERIMENT_COLUMNS)
+    assert path.read_text().splitlines()[0] == ",".join(EXPERIMENT_FILE_COLUMNS)
     assert table["model"].tolist() == ["gru", "new"]
     assert table.loc[0, "mae_s"] == 99.5 and pd.isna(table.loc[0, "val_mae_s"])
     assert table.loc[1, "selected"] and table.loc[1, "reference"] == "user_median"
@@ -129,7 +134,7 @@ def test_comparisons_are_appended_and_checked(tmp_path: Path) -> None:
     append_comparisons(tmp_path, compared)
     append_comparisons(tmp_path, compared.assign(run_id="r2"))
     table = load_comparisons(tmp_path)
-    assert table.columns.tolist() == COMPARISON_COLUMNS
+    assert table.columns.tolist() == COMPARISON_FILE_COLUMNS
     assert table["run_id"].tolist() == ["r1", "r2"]
     with pytest.raises(SessionlenError, match="stage 'final'"):
         append_comparisons(tmp_path, compared.assign(stage="final"))

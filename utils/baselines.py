@@ -27,6 +27,14 @@ from utils.summaries import SOURCE_ID, USER_IDS_COLUMNS
 RUNNING_BASELINES = ("user_mean_running", "user_median_running")
 BASELINES = ("global_median", "user_mean", "user_median", "previous_session", *RUNNING_BASELINES)
 ORACLE = "oracle"
+# The in-session stage's baselines (utils.in_session.lasted_baselines), once a session has lasted
+# e seconds: (a) the median of the user's earlier sessions that lasted more than e; (b) e plus
+# the median time those sessions went on after e; the global train median of sessions that
+# lasted more than e (also what (a) and (b) fall back to for a user without such a session).
+USER_MEDIAN_LASTED = "user_median_lasted"
+USER_REMAINING = "e_plus_user_median_remaining"
+GLOBAL_MEDIAN_LASTED = "global_median_lasted"
+IN_SESSION_BASELINES = (USER_MEDIAN_LASTED, USER_REMAINING, GLOBAL_MEDIAN_LASTED)
 KEY_COLUMNS = [USER_ID, TIMESTAMP, SESSION_ID]
 GT_SESSIONS_FILE = "sessions.csv"
 GT_START = "start_ms"

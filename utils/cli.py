@@ -142,6 +142,12 @@ def cmd_profiles(args: argparse.Namespace) -> None:
                               spark_master=_spark_url(args)))
 
 
+def cmd_in_session(args: argparse.Namespace) -> None:
+    from utils.in_session_results import run_in_session
+
+    print(run_in_session(args.work, args.raw, config.InSessionParams(seed=args.seed)).to_string())
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from utils.runner import run_pipeline
 
@@ -243,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_no_wait(p)
     _add_engine(p)
     p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("in-session", help="predict the total length once a session has lasted "
+                                          "10, 30 or 60 minutes")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--raw", type=Path, default=None,
+                   help="the raw data (its ground_truth/ gives the oracle)")
+    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    _add_no_wait(p)
+    p.set_defaults(func=cmd_in_session)
 
     p = sub.add_parser("run", help="execute every notebook in order (papermill)")
     p.add_argument("--raw", type=Path, default=None,

@@ -89,9 +89,16 @@ EXPERIMENT_COLUMNS = [
     "diff_vs_reference_s", "diff_vs_reference_ci_low", "diff_vs_reference_ci_high",
     "selected", "train_seconds",
 ]
+# Columns only some stages fill, after the common ones in the file: the in-session stage's
+# checkpoint (seconds the session had lasted when predicted), empty for every other stage. Rows
+# may omit them, so a stage that writes EXPERIMENT_COLUMNS alone keeps working.
+CHECKPOINT_S = "checkpoint_s"
+STAGE_COLUMNS = [CHECKPOINT_S]
+EXPERIMENT_FILE_COLUMNS = [*EXPERIMENT_COLUMNS, *STAGE_COLUMNS]
 # One row per paired comparison of two models' test MAE (WORK/results/comparisons.csv).
 COMPARISON_COLUMNS = ["run_id", "stage", "model", "versus", "diff_mae_s", "diff_ci_low",
                       "diff_ci_high", "verdict"]
+COMPARISON_FILE_COLUMNS = [*COMPARISON_COLUMNS, *STAGE_COLUMNS]
 
 # ground_truth/ of a synthetic dataset. Beside each planted length, whole seconds of its exact law
 # given what is known at the session's start: quantiles (column -> level) and, per checkpoint e,

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from utils.baselines import BASELINES, ORACLE
+from utils.baselines import BASELINES, IN_SESSION_BASELINES, ORACLE
+from utils.columns import CHECKPOINT_S
 from utils.config import WorkLayout
 from utils.errors import SessionlenError
 from utils.plots import FIGURE_RUN_KEY, FIGURE_SAVED_KEY, figure_stamp, save_figure
@@ -25,15 +26,18 @@ from utils.work_lock import locked_stage
 
 REPORT_FILE = "report.md"
 TIMELINE_FILE = "results_timeline.png"
-STAGE_COLORS = {"baseline": "#1f77b4", "clusters": "#ff7f0e"}
+STAGE_COLORS = {"baseline": "#1f77b4", "clusters": "#ff7f0e", "in_session": "#2ca02c"}
+# The in-session stage normalizes by its own baseline (the user's median of sessions that lasted
+# as long), not by user_mean: its points say so in the legend.
+STAGE_LEGENDS = {"in_session": "in_session (÷ user_median_lasted)"}
 ORACLE_COLOR = "#212121"
 # Beyond this many experiments the timeline's x labels would overlap: show run positions only.
 MAX_LABELLED = 60
-TABLE_COLUMNS = ["stage", "model", "selected", "val_mae_s", "mae_s", "mae_ci_low", "mae_ci_high",
-                 "normalized_mae", "headroom_captured", "headroom_ci_low", "headroom_ci_high",
-                 "diff_vs_reference_s", "train_seconds"]
+TABLE_COLUMNS = ["stage", "model", "selected", "val_mae_s", "mae_s", "mae_ci_low",
+                 "mae_ci_high", "normalized_mae", "headroom_captured", "headroom_ci_low",
+                 "headroom_ci_high", "diff_vs_reference_s", "train_seconds"]
 COMPARISON_TABLE = ["stage", "model", "versus", "diff_mae_s", "diff_ci_low", "diff_ci_high",
-                    "verdict"]
+                    "verdict", CHECKPOINT_S]
 # Below this share of test sessions that start exactly where a planted one does, the oracle
 # is partly an estimate (sessions cut by estimated durations take the planted one in progress).
 EXACT_SHARE_WARNING = 0.99
@@ -53,7 +57,8 @@ def plot_results_timeline(experiments: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(max(8.0, 0.22 * len(rows) + 3), 4.5))
     for stage, color in STAGE_COLORS.items():
         mine = (rows["stage"] == stage).to_numpy() & (rows["model"] != ORACLE).to_numpy()
-        ax.scatter(x[mine], rows["normalized_mae"][mine], color=color, label=stage, zorder=3)
+        ax.scatter(x[mine], rows["normalized_mae"][mine], color=color,
+                   label=STAGE_LEGENDS.get(stage, stage), zorder=3)
         ax.vlines(x[mine], rows["normalized_mae_ci_low"][mine],
                   rows["normalized_mae_ci_high"][mine], color=color, linewidth=1, zorder=2)
     oracle = (rows["model"] == ORACLE).to_numpy()
@@ -75,11 +80,15 @@ def plot_results_timeline(experiments: pd.DataFrame) -> Figure:
 
 
 def model_labels(rows: pd.DataFrame) -> pd.Series:
-    """Model names told apart by dropout where a stage trained one network per dropout value."""
+    """Model names told apart by dropout where a stage trained one network per dropout value,
+    and by checkpoint where a stage predicts once a session has lasted that long."""
     dropout = [json.loads(p).get("dropout") if isinstance(p, str) else None
                for p in rows["params"]]
-    return pd.Series([m if d is None else f"{m} (dropout {d:g})"
-                      for m, d in zip(rows["model"], dropout, strict=True)], index=rows.index)
+    checkpoint = rows[CHECKPOINT_S] if CHECKPOINT_S in rows else pd.Series(np.nan, rows.index)
+    return pd.Series([(m if d is None else f"{m} (dropout {d:g})")
+                      + ("" if pd.isna(e) else f" @ {e:g} s")
+                      for m, d, e in zip(rows["model"], dropout, checkpoint, strict=True)],
+                     index=rows.index)
 
 
 def latest_runs(experiments: pd.DataFrame) -> pd.DataFrame:
@@ -160,21 +169,28 @@ def _headline(rows: pd.DataFrame, compared: pd.DataFrame) -> list[str]:
     """Per stage: the model selected on validation, its test figures, and what the paired
     comparisons allow to say about it."""
     lines = ["## Headline", ""]
-    for stage, mine in rows.groupby("stage", sort=False):
+    checkpoint = rows[CHECKPOINT_S] if CHECKPOINT_S in rows else pd.Series(np.nan, rows.index)
+    for (stage, point), mine in rows.groupby([rows["stage"], checkpoint], sort=False,
+                                             dropna=False):
         chosen = mine[mine["selected"].astype(bool)]
         if chosen.empty:
             continue
         best = chosen.iloc[0]
+        title = stage if pd.isna(point) else f"{stage}, the session has lasted {point:g} s"
         headroom = "" if pd.isna(best["headroom_captured"]) else (
             f", headroom captured {best['headroom_captured']:.2f} "
             f"[{best['headroom_ci_low']:.2f}, {best['headroom_ci_high']:.2f}]")
         lines.append(
-            f"- **{stage}**: `{best['model']}`, selected on validation (MAE "
+            f"- **{title}**: `{best['model']}`, selected on validation (MAE "
             f"{best['val_mae_s']:,.0f} s): test MAE {best['mae_s']:,.0f} s "
             f"[{best['mae_ci_low']:,.0f}, {best['mae_ci_high']:,.0f}], normalized MAE "
             f"{best['normalized_mae']:.3f}{headroom}; reference `{best['reference']}` (the "
             f"best naive baseline on validation).")
-        for _, row in compared[compared["stage"] == stage].iterrows():
+        same = compared["stage"] == stage
+        if CHECKPOINT_S in compared:
+            same &= compared[CHECKPOINT_S].isna() if pd.isna(point) else \
+                compared[CHECKPOINT_S] == point
+        for _, row in compared[same].iterrows():
             lines.append(
                 f"  - `{row['model']}` − `{row['versus']}`: {row['diff_mae_s']:+,.1f} s "
                 f"[{row['diff_ci_low']:+,.1f}, {row['diff_ci_high']:+,.1f}]: {row['verdict']}")
@@ -185,14 +201,16 @@ def oracle_coverage(rows: pd.DataFrame) -> list[str]:
     """How the oracle's test sessions met the planted ones, per stage, with a warning when
     fewer than EXACT_SHARE_WARNING of them match a planted start exactly."""
     lines = []
-    for _, row in rows[rows["model"] == ORACLE].iterrows():
+    for _, row in rows[rows["model"].str.startswith(ORACLE)].iterrows():
         params = json.loads(row["params"])
         if "exact_matches" not in params:
             continue
         exact, total = int(params["exact_matches"]), int(params["test_sessions"])
         share = exact / total if total else 0.0
+        where = row["stage"] if pd.isna(row.get(CHECKPOINT_S, np.nan)) else \
+            f"{row['stage']} @ {row[CHECKPOINT_S]:g} s"
         lines.append(
-            f"- {row['stage']}: {exact:,} of {total:,} test sessions ({share:.1%}) start "
+            f"- {where}: {exact:,} of {total:,} test sessions ({share:.1%}) start "
             f"exactly at a planted session; {total - exact:,} were matched to the planted "
             f"session in progress at their start (estimated durations split or merge sessions)."
             + (f" **Warning: below {EXACT_SHARE_WARNING:.0%}, the oracle is partly an estimate."
@@ -208,9 +226,11 @@ def report_text(experiments: pd.DataFrame, comparisons: pd.DataFrame,
     (`plots.figure_stamp`).
     """
     latest = latest_runs(experiments)
+    names = latest["model"].copy()
     latest["model"] = model_labels(latest)
     compared = comparisons[comparisons["run_id"].isin(set(latest["run_id"]))]
-    is_baseline = latest["model"].isin(BASELINES)
+    is_baseline = names.isin([*BASELINES, *IN_SESSION_BASELINES])
+    is_oracle = names == ORACLE
     lines = [
         "# sessionlen — results", "",
         f"Generated {utc_now()}. {_data_line(raw)} {len(experiments)} experiments recorded in "
@@ -221,15 +241,16 @@ def report_text(experiments: pd.DataFrame, comparisons: pd.DataFrame,
         f"(reference MAE - MAE) / (reference MAE - oracle MAE). A model is called better than "
         f"another only where the interval of their paired difference excludes zero.", "",
         *_headline(latest, compared),
-        *_section("Results", latest.sort_values(["stage", "mae_s"]),
+        *_section("Results", latest.sort_values(["stage", CHECKPOINT_S, "mae_s"]),
                   "Trained models and baselines of both stages, best test MAE first within a "
                   "stage; `selected` is the validation pick."),
         "## Comparisons", "",
         markdown_table(compared[COMPARISON_TABLE]) if len(compared) else "_none recorded_", "",
-        *_section("Baselines", latest[is_baseline].sort_values(["stage", "mae_s"])),
-        *_section("Oracle", latest[latest["model"] == ORACLE],
+        *_section("Baselines", latest[is_baseline].sort_values(["stage", CHECKPOINT_S,
+                                                                 "mae_s"])),
+        *_section("Oracle", latest[is_oracle],
                   "The planted conditional median: the best any model can do on average."),
-        *oracle_coverage(latest), "",
+        *oracle_coverage(latest[is_oracle]), "",
     ]
     settings = _clusters_settings(latest)
     if settings:

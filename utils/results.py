@@ -18,12 +18,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utils.columns import COMPARISON_COLUMNS, EXPERIMENT_COLUMNS
+from utils.columns import (
+    CHECKPOINT_S,
+    COMPARISON_FILE_COLUMNS,
+    EXPERIMENT_FILE_COLUMNS,
+    STAGE_COLUMNS,
+)
 from utils.config import WorkLayout
 from utils.errors import SessionlenError
 from utils.stage_io import atomic_file
 
-STAGES = ("baseline", "clusters")
+STAGES = ("baseline", "clusters", "in_session")
+# The stage whose rows are per checkpoint: they must say which (see columns.CHECKPOINT_S).
+CHECKPOINT_STAGE = "in_session"
 
 
 def new_run_id() -> str:
@@ -49,9 +56,13 @@ def params_json(params: Mapping[str, Any] | str | None) -> str:
 
 
 def _checked(row: Mapping[str, Any], index: int, columns: list[str]) -> list[Any]:
-    """The row's values in `columns` order, after checking names, stage and params."""
+    """The row's values in `columns` order, after checking names, stage and params.
+
+    The stage-specific columns (STAGE_COLUMNS) may be left out of a row and are written empty;
+    an in-session row must name its checkpoint.
+    """
     unknown = sorted(set(row) - set(columns))
-    missing = [c for c in columns if c not in row]
+    missing = [c for c in columns if c not in row and c not in STAGE_COLUMNS]
     if unknown or missing:
         raise SessionlenError(
             f"results row {index}: unknown column(s) {unknown}, missing column(s) {missing}; "
@@ -59,9 +70,21 @@ def _checked(row: Mapping[str, Any], index: int, columns: list[str]) -> list[Any
     if row["stage"] not in STAGES:
         raise SessionlenError(
             f"results row {index}: stage {row['stage']!r} is not one of {', '.join(STAGES)}")
-    values = {**row, **({"params": params_json(row["params"])} if "params" in row else {})}
+    if CHECKPOINT_S in columns and (row["stage"] == CHECKPOINT_STAGE) != _filled(
+            row.get(CHECKPOINT_S)):
+        raise SessionlenError(
+            f"results row {index}: {CHECKPOINT_S} must be given for stage {CHECKPOINT_STAGE!r} "
+            f"rows and only for them (stage {row['stage']!r}, {CHECKPOINT_S} "
+            f"{row.get(CHECKPOINT_S)!r})")
+    values = {**dict.fromkeys(STAGE_COLUMNS, ""), **row,
+              **({"params": params_json(row["params"])} if "params" in row else {})}
     return ["" if isinstance(v, float) and math.isnan(v) else v
             for v in (values[c] for c in columns)]
+
+
+def _filled(value: Any) -> bool:
+    """Whether a cell holds a value (not None, NaN or the empty string)."""
+    return not (value is None or value == "" or (isinstance(value, float) and math.isnan(value)))
 
 
 def _rows_as_dicts(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[Mapping[str, Any]]:
@@ -127,21 +150,24 @@ def _load_rows(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def append_experiments(work: Path, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> Path:
-    """Append rows (exactly EXPERIMENT_COLUMNS each) to WORK/results/experiments.csv."""
-    return _append_rows(WorkLayout(Path(work)).experiments, EXPERIMENT_COLUMNS, rows)
+    """Append rows (EXPERIMENT_COLUMNS each, plus the stage columns a stage fills) to
+    WORK/results/experiments.csv."""
+    return _append_rows(WorkLayout(Path(work)).experiments, EXPERIMENT_FILE_COLUMNS, rows)
 
 
 def load_experiments(work: Path) -> pd.DataFrame:
     """Every recorded experiment (an empty frame with the columns when none is recorded yet)."""
-    return _load_rows(WorkLayout(Path(work)).experiments, EXPERIMENT_COLUMNS)
+    return _load_rows(WorkLayout(Path(work)).experiments, EXPERIMENT_FILE_COLUMNS)
 
 
 def append_comparisons(work: Path, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> Path:
-    """Append paired model comparisons (COMPARISON_COLUMNS) to WORK/results/comparisons.csv."""
-    return _append_rows(WorkLayout(Path(work)).comparisons, COMPARISON_COLUMNS,
-                        rows[COMPARISON_COLUMNS] if isinstance(rows, pd.DataFrame) else rows)
+    """Append paired model comparisons (COMPARISON_COLUMNS, plus the stage columns a stage
+    fills) to WORK/results/comparisons.csv; other columns of a frame are left out."""
+    if isinstance(rows, pd.DataFrame):
+        rows = rows[[c for c in COMPARISON_FILE_COLUMNS if c in rows.columns]]
+    return _append_rows(WorkLayout(Path(work)).comparisons, COMPARISON_FILE_COLUMNS, rows)
 
 
 def load_comparisons(work: Path) -> pd.DataFrame:
     """Every recorded comparison (an empty frame with the columns when none is recorded)."""
-    return _load_rows(WorkLayout(Path(work)).comparisons, COMPARISON_COLUMNS)
+    return _load_rows(WorkLayout(Path(work)).comparisons, COMPARISON_FILE_COLUMNS)
