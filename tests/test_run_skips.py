@@ -18,7 +18,14 @@ import pytest
 
 from utils import columns as C
 from utils import runner
-from utils.config import PROJECT_ROOT, ClusterParams, CrawlParams, SessionParams, WorkLayout
+from utils.config import (
+    PROJECT_ROOT,
+    ClusterParams,
+    CrawlParams,
+    SessionParams,
+    WorkLayout,
+    get_scale,
+)
 from utils.crawl import build_track_metadata
 from utils.denormalize import denormalize
 from utils.errors import DatasetTooSmallError, SessionlenError, WorkBusyError
@@ -33,12 +40,14 @@ from utils.vocab import build_vocab
 CLUSTER_NOTEBOOKS = [PROJECT_ROOT / "models_with_clusters" / name for name in
                      ("4_cluster_analysis.ipynb", "5_train_and_test_model.ipynb")]
 TOO_FEW = ("clustering needs at least {needed} eligible users ({why}); user_profile_cluster.csv "
-           "has 1 of the 2 users (max_average_length=20000.0, min_rows=500, min_sessions=30): "
+           "has 1 of the 2 users (max_average_length=20000.0, {thresholds}): "
            "lower clusters or the eligibility thresholds "
            "(models_with_clusters/3_build_user_profiles), or use data with more listeners")
-SKIP_4 = TOO_FEW.format(
-    needed=3, why="choosing the number of clusters; the elbow needs 3 values of k")
-SKIP_5 = TOO_FEW.format(needed=3, why="choosing the number of clusters")
+CHOOSING_4 = "choosing the number of clusters; the elbow needs 3 values of k"
+CHOOSING_5 = "choosing the number of clusters"
+DEFAULT_THRESHOLDS = "min_rows=500, min_sessions=30"
+SKIP_4 = TOO_FEW.format(needed=3, why=CHOOSING_4, thresholds=DEFAULT_THRESHOLDS)
+SKIP_5 = TOO_FEW.format(needed=3, why=CHOOSING_5, thresholds=DEFAULT_THRESHOLDS)
 ROW = ("from utils.columns import EXPERIMENT_COLUMNS\n"
        "from utils.results import append_experiments\n"
        "row = {**dict.fromkeys(EXPERIMENT_COLUMNS, 1.0), 'run_id': 'r1', 'stage': 'baseline', "
@@ -164,8 +173,11 @@ def test_sessionlen_run_on_the_real_excerpt_skips_the_cluster_stages(
         [sys.executable, "-m", "utils.cli", "run", "--raw", str(raw), "--work", str(work),
          "--scale", "tiny"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr
-    tiny_4 = TOO_FEW.format(needed=3, why="clusters=2; the elbow needs 3 values of k")
-    tiny_5 = TOO_FEW.format(needed=2, why="clusters=2")
+    # The tiny scale sets its own eligibility thresholds; the message names the applied ones.
+    tiny = get_scale("tiny")
+    thresholds = f"min_rows={tiny.min_rows}, min_sessions={tiny.min_sessions}"
+    tiny_4 = TOO_FEW.format(needed=3, why=CHOOSING_4, thresholds=thresholds)
+    tiny_5 = TOO_FEW.format(needed=3, why=CHOOSING_5, thresholds=thresholds)
     assert ("skipped 2 notebook(s): the data is too small for them (--strict makes this an "
             "error); the report lists them too\n"
             f"  models_with_clusters/4_cluster_analysis.ipynb: {tiny_4}\n"
