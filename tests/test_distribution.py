@@ -13,7 +13,14 @@ from scipy.stats import norm
 from test_models import chrono_splits, planted_sessions, write_work
 
 from utils import columns as C
-from utils import distribution, distribution_models, distribution_plots, experiment, survival
+from utils import (
+    distribution,
+    distribution_models,
+    distribution_plots,
+    experiment,
+    report,
+    survival,
+)
 from utils.boosting import BoostingSettings, candidate_settings
 from utils.config import ModelParams, WorkLayout
 from utils.errors import SessionlenError
@@ -224,6 +231,10 @@ def test_every_distributional_model_is_recorded_with_the_new_columns(tmp_path):
         assert (WorkLayout(work).figures / f"baseline_{name}.png").stat().st_size > 1000
     headline = distribution.distribution_headline(table)
     assert set(headline.index) == {*spread[:1], "gru_quantile (dropout 0)", *spread[2:]}
+    text = report.write_report(work).read_text(encoding="utf-8")
+    best = f"`{chosen[0]}`" if chosen[0] != "gru_quantile" else "`gru_quantile (dropout 0)`"
+    assert "## Distributional models\n" in text
+    assert f"- **baseline**: {best}, selected on validation pinball loss" in text
 
 
 def test_an_experiments_file_from_before_the_distribution_columns_still_loads(tmp_path):

@@ -196,7 +196,13 @@ def _distribution_section(rows: pd.DataFrame) -> list[str]:
     table = mine.sort_values(["stage", "pinball_loss_s"])[DISTRIBUTION_TABLE]
     table = table.assign(selected_distribution=table["selected_distribution"].map(
         lambda v: str(v).lower() in ("true", "1", "1.0")))
-    return ["## Distributional models", "", text, "", markdown_table(table), ""]
+    picks = [f"- **{row['stage']}**: `{row['model']}`, selected on validation pinball loss "
+             f"({row['val_pinball_loss_s']:,.0f} s): test pinball loss "
+             f"{row['pinball_loss_s']:,.0f} s [{row['pinball_ci_low']:,.0f}, "
+             f"{row['pinball_ci_high']:,.0f}], coverage_80 {row['coverage_80']:.3f}."
+             for _, row in table[table["selected_distribution"]].iterrows()]
+    return ["## Distributional models", "", text, "", *picks, *([""] if picks else []),
+            markdown_table(table), ""]
 
 
 def oracle_coverage(rows: pd.DataFrame) -> list[str]:
