@@ -40,7 +40,7 @@ def _rows(stage: str, run_id: str, models: dict[str, np.ndarray],
         val_mae_s=table["mae_s"], rmse_s=table["mae_s"], reference="user_median",
         baseline_mae_s=table.loc["user_mean", "mae_s"], selected=table.index == best,
         train_seconds=0.0)
-    return table[EXPERIMENT_COLUMNS].reset_index(drop=True)
+    return table.reindex(columns=EXPERIMENT_COLUMNS).reset_index(drop=True)
 
 
 def _baseline_models() -> dict[str, np.ndarray]:

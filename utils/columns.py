@@ -88,6 +88,11 @@ EXPERIMENT_COLUMNS = [
     "headroom_captured", "headroom_ci_low", "headroom_ci_high",
     "diff_vs_reference_s", "diff_vs_reference_ci_low", "diff_vs_reference_ci_high",
     "selected", "train_seconds",
+    # Distributional models (utils.distribution), empty for point-only models: test pinball loss
+    # of the q10/q50/q90 with its interval, share of test sessions inside [q10, q90] and its
+    # mean width, the validation pinball loss and the distributional model picked on it.
+    "pinball_loss_s", "pinball_ci_low", "pinball_ci_high", "coverage_80", "interval_width_s",
+    "val_pinball_loss_s", "selected_distribution",
 ]
 # Columns only some stages fill, after the common ones in the file: the in-session stage's
 # checkpoint (seconds the session had lasted when predicted), empty for every other stage. Rows

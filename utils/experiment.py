@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from utils import columns as C
-from utils import evaluation, plots
+from utils import distribution, evaluation, plots
 from utils.baselines import BASELINES, KEY_COLUMNS, ORACLE, baseline_predictions
 from utils.boosting import (
     BoostingSettings,
@@ -50,6 +50,8 @@ class ModelResult:
     Predictions are in FeatureSet role order. `model` is the experiments.csv name (gru for every
     dropout value, the dropout being in `params`); `label` tells the variants apart in tables and
     figures. Validation predictions are what choices are made on; test ones are only reported.
+    A distributional model also has its quantiles (rows x `quantile_levels`, seconds, sorted);
+    its predictions are then its medians (utils.distribution).
     """
 
     model: str
@@ -60,6 +62,9 @@ class ModelResult:
     train_seconds: float = 0.0
     curves: dict[str, list[float]] | None = None
     label: str = ""
+    val_quantiles_s: np.ndarray | None = None
+    quantiles_s: np.ndarray | None = None
+    quantile_levels: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.label = self.label or self.model
@@ -236,7 +241,10 @@ def results_table(experiment: Experiment) -> pd.DataFrame:
     """One row per model: validation MAE, then test metrics with their bootstrap intervals.
 
     The reference baseline and the selected model are chosen on validation MAE; the test
-    columns are reported, never compared to choose. Sorted by test MAE for reading.
+    columns are reported, never compared to choose. Distributional models (kind distribution)
+    are scored on their medians like the others but never selected as the point model; their
+    quantiles fill the distribution columns (utils.distribution), empty for point-only models.
+    Sorted by test MAE for reading.
     """
     actual, actual_val = experiment.actual_s, experiment.actual_val_s
     val_mae = {r.label: evaluation.mae(actual_val, r.val_predictions_s)
@@ -249,6 +257,7 @@ def results_table(experiment: Experiment) -> pd.DataFrame:
                                          seed=experiment.seed)
     metrics = evaluation.score_table(scores, NORMALIZER, reference, oracle)
     selected = selected_model(experiment.results, val_mae)
+    spread = distribution.distribution_scores(experiment)
     rows = [{
         "label": r.label, "model": r.model, "kind": r.kind, "n_test": len(actual),
         "val_mae_s": val_mae[r.label], **metrics.loc[r.label].to_dict(),
@@ -256,6 +265,7 @@ def results_table(experiment: Experiment) -> pd.DataFrame:
         "baseline_mae_s": float(metrics.loc[NORMALIZER, "mae_s"]), "reference": reference,
         "selected": r.label == selected, "train_seconds": r.train_seconds,
         "params": json.dumps(_oracle_params(experiment, r), sort_keys=True),
+        **spread.loc[r.label].to_dict(),
     } for r in experiment.results]
     return pd.DataFrame(rows).sort_values("mae_s", ignore_index=True)
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from utils import columns as C
 from utils import evaluation, plots
 from utils.config import InSessionParams, WorkLayout
+from utils.distribution import point_only
 from utils.errors import SessionlenError
 from utils.in_session import BASELINES, NORMALIZER, ORACLE, STAGE, Checkpoint, InSessionRun
 from utils.results import append_comparisons, append_experiments, utc_now
@@ -120,7 +121,7 @@ def record_results(run: InSessionRun, table: pd.DataFrame, compared: pd.DataFram
     """Append the rows (stage in_session, with checkpoint_s) to experiments.csv and
     comparisons.csv, and record the stage manifest."""
     layout = WorkLayout(run.work)
-    rows = table.assign(run_id=run.run_id, finished_at=utc_now(), stage=STAGE)
+    rows = point_only(table).assign(run_id=run.run_id, finished_at=utc_now(), stage=STAGE)
     with stage_lock(layout.results, exclusive=True):
         append_experiments(run.work, rows[C.EXPERIMENT_FILE_COLUMNS])
         append_comparisons(run.work, compared.assign(run_id=run.run_id, stage=STAGE))

@@ -23,7 +23,7 @@ BUCKET_LABELS = ["<5 min", "5-15 min", "15-30 min", "30-60 min", "1-2 h", "2-4 h
 FIGURE_RUN_KEY = "sessionlen run"
 FIGURE_SAVED_KEY = "sessionlen saved"
 KIND_COLORS = {"baseline": "#9e9e9e", "oracle": "#212121", "network": "#1f77b4",
-               "lightgbm": "#2ca02c"}
+               "lightgbm": "#2ca02c", "distribution": "#9467bd"}
 
 
 def finish_figure(fig: Figure, path: Path | str | None) -> Figure:

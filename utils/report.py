@@ -36,6 +36,9 @@ MAX_LABELLED = 60
 TABLE_COLUMNS = ["stage", "model", "selected", "val_mae_s", "mae_s", "mae_ci_low",
                  "mae_ci_high", "normalized_mae", "headroom_captured", "headroom_ci_low",
                  "headroom_ci_high", "diff_vs_reference_s", "train_seconds"]
+DISTRIBUTION_TABLE = ["stage", "model", "selected_distribution", "val_pinball_loss_s",
+                      "pinball_loss_s", "pinball_ci_low", "pinball_ci_high", "coverage_80",
+                      "interval_width_s"]
 COMPARISON_TABLE = ["stage", "model", "versus", "diff_mae_s", "diff_ci_low", "diff_ci_high",
                     "verdict", CHECKPOINT_S]
 # Below this share of test sessions that start exactly where a planted one does, the oracle
@@ -197,6 +200,27 @@ def _headline(rows: pd.DataFrame, compared: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
+def _distribution_section(rows: pd.DataFrame) -> list[str]:
+    """The distributional models' quantile scores (none for runs recorded before them)."""
+    mine = rows[pd.to_numeric(rows["pinball_loss_s"], errors="coerce").notna()]
+    if mine.empty:
+        return []
+    text = ("Quantiles q10/q50/q90 of each session's length. `selected_distribution` is the "
+            "trained distributional model with the lowest validation pinball loss; on test: "
+            "the mean pinball loss (s) with its 95% paired bootstrap interval, the share of "
+            "sessions inside [q10, q90] (0.8 when calibrated) and the mean width q90 - q10 (s).")
+    table = mine.sort_values(["stage", "pinball_loss_s"])[DISTRIBUTION_TABLE]
+    table = table.assign(selected_distribution=table["selected_distribution"].map(
+        lambda v: str(v).lower() in ("true", "1", "1.0")))
+    picks = [f"- **{row['stage']}**: `{row['model']}`, selected on validation pinball loss "
+             f"({row['val_pinball_loss_s']:,.0f} s): test pinball loss "
+             f"{row['pinball_loss_s']:,.0f} s [{row['pinball_ci_low']:,.0f}, "
+             f"{row['pinball_ci_high']:,.0f}], coverage_80 {row['coverage_80']:.3f}."
+             for _, row in table[table["selected_distribution"]].iterrows()]
+    return ["## Distributional models", "", text, "", *picks, *([""] if picks else []),
+            markdown_table(table), ""]
+
+
 def oracle_coverage(rows: pd.DataFrame) -> list[str]:
     """How the oracle's test sessions met the planted ones, per stage, with a warning when
     fewer than EXACT_SHARE_WARNING of them match a planted start exactly."""
@@ -252,6 +276,7 @@ def report_text(experiments: pd.DataFrame, comparisons: pd.DataFrame,
                   "The planted conditional median: the best any model can do on average."),
         *oracle_coverage(latest[is_oracle]), "",
     ]
+    lines += _distribution_section(latest)
     settings = _clusters_settings(latest)
     if settings:
         lines += ["## Per-cluster models", "", *settings, ""]
