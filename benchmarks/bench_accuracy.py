@@ -7,7 +7,8 @@ For each generator mechanics and seed it generates a synthetic dataset (reused w
 runs the whole pipeline on it (`sessionlen run`, each run's log in DIR/logs/), and reads the
 latest run of each stage from its experiments.csv. It prints, per mechanics, stage and model, the
 mean and standard deviation across seeds of normalized MAE and headroom captured, and how often
-the model was the one selected on validation; then the selected model's headroom per mechanics.
+the model was the one selected on validation; then the selected model's headroom per mechanics;
+then the distributional models' pinball loss relative to the oracle's and their 80% coverage.
 One run of the pipeline is one draw: these spreads are what a single run's figures vary by.
 """
 
@@ -82,6 +83,25 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
                              ascending=[True, True, False])
 
 
+def distribution_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Distributional models across seeds: pinball loss as a multiple of the oracle's in the
+    same run, coverage of the 80% interval, and how often each was picked on validation."""
+    spread = results[results["pinball_loss_s"].notna()]
+    oracle = spread[spread["model"] == "oracle"].set_index(["mechanics", "stage", "seed"])
+    ratio = spread["pinball_loss_s"] / oracle["pinball_loss_s"].reindex(
+        pd.MultiIndex.from_frame(spread[["mechanics", "stage", "seed"]])).to_numpy()
+    grouped = spread.assign(pinball_vs_oracle=ratio).groupby(["mechanics", "stage", "label"],
+                                                             sort=False)
+    table = grouped.agg(
+        runs=("seed", "nunique"),
+        pinball_vs_oracle_mean=("pinball_vs_oracle", "mean"),
+        pinball_vs_oracle_sd=("pinball_vs_oracle", "std"),
+        coverage_80_mean=("coverage_80", "mean"), coverage_80_sd=("coverage_80", "std"),
+        selected=("selected_distribution", lambda picked: int(picked.astype(bool).sum())),
+    )
+    return table.sort_values(["mechanics", "stage", "pinball_vs_oracle_mean"])
+
+
 def selected_summary(results: pd.DataFrame) -> pd.DataFrame:
     """The validation-picked model's headroom per mechanics and stage, across seeds."""
     picked = results[results["selected"].astype(bool)]
@@ -116,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(results).round(4).to_string())
         print()
         print(selected_summary(results).round(4).to_string())
+        if results["pinball_loss_s"].notna().any():
+            print()
+            print(distribution_summary(results).round(4).to_string())
     return 0
 
 
