@@ -100,27 +100,36 @@ def _log_target(features: FeatureSet, rows: np.ndarray) -> np.ndarray:
     return np.log1p(features.lengths_s[rows])
 
 
+def train_l1_booster(settings: BoostingSettings, train: tuple[pd.DataFrame, np.ndarray],
+                     validate: tuple[pd.DataFrame, np.ndarray], *callbacks: Callable[[Any], None]
+                     ) -> tuple[lgb.Booster, dict[str, list[float]], float]:
+    """Fit on (table, log-length) train rows, stopping early on the validation rows' MAE of
+    log-lengths; the booster, its train and validation curves, and the seconds taken."""
+    train_set = lgb.Dataset(*train, free_raw_data=False)
+    valid_set = lgb.Dataset(*validate, reference=train_set)
+    curves: dict[str, dict[str, list[float]]] = {}
+    started = time.perf_counter()
+    booster = lgb.train(
+        settings.lightgbm_params(), train_set, num_boost_round=settings.max_rounds,
+        valid_sets=[train_set, valid_set], valid_names=["train", "validate"],
+        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False),
+                   lgb.record_evaluation(curves), *callbacks],
+    )
+    return (booster, {"loss": curves["train"]["l1"], "val_loss": curves["validate"]["l1"]},
+            time.perf_counter() - started)
+
+
 def fit_lightgbm(features: FeatureSet, settings: BoostingSettings,
                  log: Callable[[str], None] = print) -> TrainedBooster:
     """Fit on the train rows, stopping early on the validation rows' MAE of log-lengths."""
     table = tabular_features(features)
     train_rows, val_rows = features.rows["train"], features.rows["validate"]
-    train = lgb.Dataset(table.iloc[train_rows], _log_target(features, train_rows),
-                        free_raw_data=False)
-    valid = lgb.Dataset(table.iloc[val_rows], _log_target(features, val_rows), reference=train)
-    curves: dict[str, dict[str, list[float]]] = {}
-    started = time.perf_counter()
-    booster = lgb.train(
-        settings.lightgbm_params(), train, num_boost_round=settings.max_rounds,
-        valid_sets=[train, valid], valid_names=["train", "validate"],
-        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False),
-                   lgb.record_evaluation(curves), _progress(log)],
-    )
-    seconds = time.perf_counter() - started
+    booster, curves, seconds = train_l1_booster(
+        settings, (table.iloc[train_rows], _log_target(features, train_rows)),
+        (table.iloc[val_rows], _log_target(features, val_rows)), _progress(log))
     log(f"lightgbm: best round {booster.best_iteration} of {booster.current_iteration()} "
         f"({seconds:.1f} s)")
-    return TrainedBooster(booster, list(table.columns), booster.best_iteration, seconds,
-                          {"loss": curves["train"]["l1"], "val_loss": curves["validate"]["l1"]})
+    return TrainedBooster(booster, list(table.columns), booster.best_iteration, seconds, curves)
 
 
 def validation_mae(trained: TrainedBooster, features: FeatureSet) -> float:

@@ -186,12 +186,10 @@ def fit_quantile_network(features: FeatureSet, params: ModelParams, dropout: flo
     """Seed, build and train the quantile GRU with the point networks' recipe (utils.models:
     averaged weights, early stopping on the validation loss with the best weights restored,
     step size halved on plateaus), the pinball loss on the standardized log length."""
-    import keras
-
     from utils.models import (
         PREDICT_BATCH,
-        EpochLogger,
-        _optimizer,  # the point networks' optimizer, so both are trained alike
+        averaging_optimizer,
+        fit_compiled,
         make_dataset,
         seed_everything,
     )
@@ -204,26 +202,15 @@ def fit_quantile_network(features: FeatureSet, params: ModelParams, dropout: flo
     model = build_quantile_network(features, params.hidden_dim, dropout, params.no_layers,
                                    levels)
     steps = -(-len(features.rows["train"]) // params.batch_size)
-    model.compile(optimizer=_optimizer(params.optimizer, params.learning_rate, steps),
+    model.compile(optimizer=averaging_optimizer(params.optimizer, params.learning_rate, steps),
                   loss=pinball_loss_fn(levels))
     train = make_dataset(features, features.rows["train"], params.batch_size, True, params.seed)
     validate = make_dataset(features, features.rows["validate"], PREDICT_BATCH, False,
                             params.seed)
-    callbacks = [
-        keras.callbacks.SwapEMAWeights(swap_on_epoch=True),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience,
-                                      restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                          patience=max(1, params.patience // 4)),
-        EpochLogger(f"{QUANTILE_NETWORK} (dropout {dropout:g})", params.epochs, log),
-    ]
-    started = time.perf_counter()
-    fitted = model.fit(train, validation_data=validate, epochs=params.epochs,
-                       callbacks=callbacks, shuffle=False, verbose=0)
-    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    history, seconds, _ = fit_compiled(model, train, validate, params,
+                                       f"{QUANTILE_NETWORK} (dropout {dropout:g})", log)
     return QuantileNetwork(model, levels, dropout, history,
-                           int(np.argmin(history["val_loss"])) + 1,
-                           time.perf_counter() - started)
+                           int(np.argmin(history["val_loss"])) + 1, seconds)
 
 
 def predict_quantile_network(trained: QuantileNetwork, features: FeatureSet, rows: np.ndarray

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from utils.boosting import BoostingSettings
+from utils.boosting import BoostingSettings, train_l1_booster
 from utils.config import InSessionParams
 from utils.features import CATEGORICAL_FEATURES, Standardizer, TargetScaler
 from utils.in_session_features import PLAY_FEATURES, PlaySequences
@@ -189,17 +188,9 @@ def fit_lightgbm(data: CheckpointData, params: InSessionParams,
     """LightGBM (L1 on log1p length) for one checkpoint, stopped early on validation."""
     settings = boosting_settings(params)
     tables = {role: lightgbm_table(data, role) for role in ROLES}
-    train = lgb.Dataset(tables["train"], np.log1p(data.length_s["train"]), free_raw_data=False)
-    valid = lgb.Dataset(tables["validate"], np.log1p(data.length_s["validate"]),
-                        reference=train)
-    curves: dict[str, dict[str, list[float]]] = {}
-    started = time.perf_counter()
-    booster = lgb.train(
-        settings.lightgbm_params(), train, num_boost_round=settings.max_rounds,
-        valid_sets=[train, valid], valid_names=["train", "validate"],
-        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False),
-                   lgb.record_evaluation(curves)])
-    seconds = time.perf_counter() - started
+    booster, curves, seconds = train_l1_booster(
+        settings, (tables["train"], np.log1p(data.length_s["train"])),
+        (tables["validate"], np.log1p(data.length_s["validate"])))
     log(f"lightgbm @ {data.checkpoint_s} s: best round {booster.best_iteration} of "
         f"{booster.current_iteration()} ({seconds:.1f} s)")
 
@@ -209,5 +200,4 @@ def fit_lightgbm(data: CheckpointData, params: InSessionParams,
 
     return TrainedModel(
         "lightgbm", "lightgbm", {**settings.to_dict(), "best_round": booster.best_iteration},
-        predict("validate"), predict("test"), seconds,
-        {"loss": curves["train"]["l1"], "val_loss": curves["validate"]["l1"]})
+        predict("validate"), predict("test"), seconds, curves)

@@ -152,8 +152,10 @@ def _loss(name: str) -> keras.losses.Loss:
         raise SessionlenError(f"unknown loss_func {name!r} (e.g. mae, mse, huber)") from exc
 
 
-def _optimizer(name: str, learning_rate: float, steps_per_epoch: int
-               ) -> keras.optimizers.Optimizer:
+def averaging_optimizer(name: str, learning_rate: float, steps_per_epoch: int
+                        ) -> keras.optimizers.Optimizer:
+    """The named optimizer keeping an exponential moving average of the weights (see
+    EMA_MAX_MOMENTUM), the average spanning about one epoch."""
     momentum = min(EMA_MAX_MOMENTUM, 1.0 - 1.0 / max(2, steps_per_epoch))
     config = {"learning_rate": learning_rate, "use_ema": True, "ema_momentum": momentum}
     try:
@@ -205,19 +207,11 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.started)
 
 
-def fit_network(name: str, features: FeatureSet, params: ModelParams, dropout: float,
-                log: Callable[[str], None] = print) -> TrainedNetwork:
-    """Seed, build and train a network; stop early on validation loss, keep the best weights."""
-    if params.epochs < 1 or params.batch_size < 1:
-        raise SessionlenError(f"epochs and batch_size must be positive, got {params.epochs}, "
-                              f"{params.batch_size}")
-    seed_everything(params.seed)
-    model = build_network(name, features, params.hidden_dim, dropout, params.no_layers)
-    steps = -(-len(features.rows["train"]) // params.batch_size)
-    model.compile(optimizer=_optimizer(params.optimizer, params.learning_rate, steps),
-                  loss=_loss(params.loss_func))
-    train = make_dataset(features, features.rows["train"], params.batch_size, True, params.seed)
-    validate = make_dataset(features, features.rows["validate"], PREDICT_BATCH, False, params.seed)
+def fit_compiled(model: keras.Model, train: tf.data.Dataset, validate: tf.data.Dataset,
+                 params: ModelParams, label: str, log: Callable[[str], None] = print
+                 ) -> tuple[dict[str, list[float]], float, list[float]]:
+    """Train a compiled network the way every baseline-stage network is trained; return its
+    history, the training seconds and the seconds of each epoch."""
     timer = _EpochTimer()
     callbacks = [
         # Validation, early stopping and the restored best weights all use the averaged weights.
@@ -228,16 +222,33 @@ def fit_network(name: str, features: FeatureSet, params: ModelParams, dropout: f
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                           patience=max(1, params.patience // 4)),
         timer,
-        EpochLogger(f"{name} (dropout {dropout:g})", params.epochs, log),
+        EpochLogger(label, params.epochs, log),
     ]
     started = time.perf_counter()
     fitted = model.fit(train, validation_data=validate, epochs=params.epochs,
                        callbacks=callbacks, shuffle=False, verbose=0)
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    return history, time.perf_counter() - started, timer.seconds
+
+
+def fit_network(name: str, features: FeatureSet, params: ModelParams, dropout: float,
+                log: Callable[[str], None] = print) -> TrainedNetwork:
+    """Seed, build and train a network; stop early on validation loss, keep the best weights."""
+    if params.epochs < 1 or params.batch_size < 1:
+        raise SessionlenError(f"epochs and batch_size must be positive, got {params.epochs}, "
+                              f"{params.batch_size}")
+    seed_everything(params.seed)
+    model = build_network(name, features, params.hidden_dim, dropout, params.no_layers)
+    steps = -(-len(features.rows["train"]) // params.batch_size)
+    model.compile(optimizer=averaging_optimizer(params.optimizer, params.learning_rate, steps),
+                  loss=_loss(params.loss_func))
+    train = make_dataset(features, features.rows["train"], params.batch_size, True, params.seed)
+    validate = make_dataset(features, features.rows["validate"], PREDICT_BATCH, False, params.seed)
+    history, seconds, epoch_seconds = fit_compiled(
+        model, train, validate, params, f"{name} (dropout {dropout:g})", log)
     return TrainedNetwork(name, dropout, model, history,
                           best_epoch=int(np.argmin(history["val_loss"])) + 1,
-                          train_seconds=time.perf_counter() - started,
-                          epoch_seconds=timer.seconds)
+                          train_seconds=seconds, epoch_seconds=epoch_seconds)
 
 
 def predict_seconds(model: keras.Model, features: FeatureSet, rows: np.ndarray) -> np.ndarray:
