@@ -182,7 +182,7 @@ def selected_distribution(val_pinball: dict[str, float], kinds: dict[str, str]) 
     Baselines and the oracle are never chosen, as for the point models.
     """
     trained = [label for label in val_pinball if kinds[label] == DISTRIBUTION_KIND]
-    return min(trained, key=lambda label: (val_pinball[label], label)) if trained else None
+    return evaluation.lowest_on_validation(val_pinball, trained)
 
 
 def distribution_scores(experiment: Experiment) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,13 @@ def _paired(actual: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.n
     if missing:
         raise SessionlenError(f"{missing} missing (NaN) actual or predicted values")
     return y, p
+
+
+def lowest_on_validation(val_scores: dict[str, float], names: Iterable[str]) -> str | None:
+    """The one of `names` with the lowest validation score (ties by name); None if none: the
+    rule by which every stage chooses, whatever the score."""
+    names = list(names)
+    return min(names, key=lambda name: (val_scores[name], name)) if names else None
 
 
 def mae(actual: np.ndarray, predicted: np.ndarray) -> float:

@@ -8,7 +8,7 @@ tabulate the metrics, append them to WORK/results/experiments.csv, draw the figu
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,12 +223,13 @@ def train_lightgbm(experiment: Experiment, candidates: list[BoostingSettings],
     return trained
 
 
-def reference_baseline(val_mae: dict[str, float]) -> str:
+def reference_baseline(val_mae: dict[str, float], baselines: Iterable[str] = BASELINES) -> str:
     """The naive baseline with the lowest validation MAE: the reference of headroom_captured."""
-    scored = {name: val_mae[name] for name in BASELINES if name in val_mae}
-    if not scored:
+    scored = [name for name in baselines if name in val_mae]
+    reference = evaluation.lowest_on_validation(val_mae, scored)
+    if reference is None:
         raise SessionlenError("baselines must be added before the results table")
-    return min(scored, key=lambda name: (scored[name], name))
+    return reference
 
 
 def _oracle_params(experiment: Experiment, result: ModelResult) -> dict[str, Any]:
@@ -273,8 +274,7 @@ def results_table(experiment: Experiment) -> pd.DataFrame:
 def selected_model(results: list[ModelResult], val_mae: dict[str, float],
                    kinds: tuple[str, ...] = TRAINED_KINDS) -> str | None:
     """The label of the trained model with the lowest validation MAE (None if none trained)."""
-    trained = [r.label for r in results if r.kind in kinds]
-    return min(trained, key=lambda label: (val_mae[label], label)) if trained else None
+    return evaluation.lowest_on_validation(val_mae, [r.label for r in results if r.kind in kinds])
 
 
 def best_model(table: pd.DataFrame) -> str:

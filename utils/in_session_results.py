@@ -22,13 +22,13 @@ from utils import evaluation, plots
 from utils.config import InSessionParams, WorkLayout
 from utils.distribution import point_only
 from utils.errors import SessionlenError
+from utils.experiment import TRAINED_KINDS, reference_baseline
 from utils.in_session import BASELINES, NORMALIZER, ORACLE, STAGE, Checkpoint, InSessionRun
 from utils.results import append_comparisons, append_experiments, utc_now
 from utils.stage_io import write_manifest
 from utils.work_lock import stage_lock
 
 MANIFEST_STAGE = "in_session_models"
-TRAINED_KINDS = ("network", "lightgbm")
 FIGURE_NAME = "in_session_mae_by_checkpoint"
 MARKERS = {"network": "o", "lightgbm": "s", "baseline": "^", ORACLE: "x"}
 
@@ -48,12 +48,11 @@ def _scores(run: InSessionRun, point: Checkpoint) -> evaluation.BootstrapScores:
 def checkpoint_table(run: InSessionRun, point: Checkpoint) -> pd.DataFrame:
     """One checkpoint's rows: validation MAE (what picks), test metrics with intervals."""
     val_mae = _val_mae(point)
-    baselines = {name: val_mae[name] for name in BASELINES if name in val_mae}
-    if NORMALIZER not in baselines:
+    if NORMALIZER not in val_mae:
         raise SessionlenError("baselines must be added before the results table")
-    reference = min(baselines, key=lambda name: (baselines[name], name))
-    trained = [r.model for r in point.results if r.kind in TRAINED_KINDS]
-    selected = min(trained, key=lambda name: (val_mae[name], name)) if trained else None
+    reference = reference_baseline(val_mae, BASELINES)
+    selected = evaluation.lowest_on_validation(
+        val_mae, [r.model for r in point.results if r.kind in TRAINED_KINDS])
     oracle = ORACLE if ORACLE in val_mae else None
     metrics = evaluation.score_table(_scores(run, point), NORMALIZER, reference, oracle)
     actual = point.data.length_s["test"]
