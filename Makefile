@@ -44,7 +44,7 @@ report: $(STAMP) ## rebuild work/$(SCALE)/results/report.md from its experiments
 	$(BIN)/sessionlen report --work work/$(SCALE)
 
 strip: $(STAMP) ## strip outputs from every committed notebook
-	$(BIN)/python -m utils.notebook_tools strip data_processing baseline models_with_clusters
+	$(BIN)/python -m utils.core.notebook_tools strip data_processing baseline models_with_clusters
 
 clean: ## remove the venv and generated work (raw data is kept)
 	rm -rf $(VENV) work data/synthetic

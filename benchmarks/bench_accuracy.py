@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils import config
+from utils.core import config
+from utils.core.results import load_experiments
 from utils.report import latest_runs, model_labels
-from utils.results import load_experiments
-from utils.synthetic import MECHANICS, generate_dataset
+from utils.synthetic.generate import MECHANICS, generate_dataset
 
 DEFAULT_OUT = config.PROJECT_ROOT / "work" / "bench_accuracy"
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.columns import GT_TRACKS_COLUMNS, UNIQUE_TRACKS_COLUMNS
-from utils.config import CrawlParams, WorkLayout
-from utils.crawl import build_track_metadata
-from utils.fake_api import start_server
-from utils.stage_io import write_manifest
+from utils.core.columns import GT_TRACKS_COLUMNS, UNIQUE_TRACKS_COLUMNS
+from utils.core.config import CrawlParams, WorkLayout
+from utils.core.stage_io import write_manifest
+from utils.data_processing.crawl import build_track_metadata
+from utils.synthetic.fake_api import start_server
 
 KEY = "bench0123456789abcdef0123456789ab"
 TARGET_RATIO = 0.95

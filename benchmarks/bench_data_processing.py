@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utils.config import LASTFM_API_URL, CrawlParams, WorkLayout
-from utils.crawl import build_track_metadata
-from utils.denormalize import USER_FILE, denormalize
-from utils.tracks import build_unique_tracks
+from utils.core.config import LASTFM_API_URL, CrawlParams, WorkLayout
+from utils.data_processing.crawl import build_track_metadata
+from utils.data_processing.denormalize import USER_FILE, denormalize
+from utils.data_processing.tracks import build_unique_tracks
 
 
 def process_peak_mb(pid: str = "self") -> float:
@@ -73,7 +73,7 @@ def one_run(raw: Path, work: Path, engine: str, master: str | None) -> dict[str,
 def engine_runs(raw: Path, engine: str, runs: int, master: str | None) -> dict[str, Any]:
     """Every run of one engine in this process: median timings and the peak memory."""
     if engine == "spark":
-        from utils.spark_stages import spark_session
+        from utils.data_processing.spark_stages import spark_session
 
         spark_session(master).sparkContext.setLogLevel("ERROR")
     results = []

@@ -56,10 +56,10 @@ from bench_pipeline import (
     vm_hwm_bytes,
 )
 
-from utils.columns import PLAYS_FILE
-from utils.config import SCALES
-from utils.errors import SessionlenError
-from utils.stage_io import MANIFEST
+from utils.core.columns import PLAYS_FILE
+from utils.core.config import SCALES
+from utils.core.errors import SessionlenError
+from utils.core.stage_io import MANIFEST
 
 KERNEL_MARK = b"ipykernel_launcher"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -60,11 +60,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from utils.columns import PLAYS_FILE, PROFILE_FILE
-from utils.config import API_KEY_ENV, SessionParams, get_scale
-from utils.errors import SessionlenError
-from utils.final_dir import PROFILES_STAGE, SESSION_DATA_STAGE
-from utils.stage_io import MANIFEST, require_stage
+from utils.core.columns import PLAYS_FILE, PROFILE_FILE
+from utils.core.config import API_KEY_ENV, SessionParams, get_scale
+from utils.core.errors import SessionlenError
+from utils.core.stage_io import MANIFEST, require_stage
+from utils.models_with_clusters.final_dir import PROFILES_STAGE, SESSION_DATA_STAGE
 
 LOCAL_STAGES = ("tracks", "metadata", "denormalize", "summarize", "vocab", "session-data",
                 "profiles")
@@ -102,7 +102,7 @@ def peer_duckdb(user_dir: str) -> dict[str, Any]:
     """DuckDB's sessions of every user_dir file (the file listing is not timed)."""
     from peers import duckdb_sessions
 
-    from utils.summaries import user_files
+    from utils.baseline.summaries import user_files
 
     files = [p for paths in user_files(Path(user_dir)).values() for p in paths]
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def peer_row_loop(user_dir: str, out: str, min_plays: str, seed: str) -> dict[st
     """The row loop on a seeded subset of users (choosing and counting them is not timed)."""
     from peers import choose_users, row_loop_summaries
 
-    from utils.summaries import user_files
+    from utils.baseline.summaries import user_files
 
     users, plays = choose_users(user_files(Path(user_dir)), int(min_plays), int(seed))
     started = time.perf_counter()
@@ -125,7 +125,7 @@ def peer_row_loop(user_dir: str, out: str, min_plays: str, seed: str) -> dict[st
 
 def peer_spark_startup(master: str) -> dict[str, Any]:
     """Start the project's Spark session and stop it: the fixed cost of a Spark command."""
-    from utils.spark_stages import spark_session
+    from utils.data_processing.spark_stages import spark_session
 
     started = time.perf_counter()
     spark_session(master).stop()

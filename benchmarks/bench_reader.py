@@ -27,7 +27,7 @@ def _read_pandas(path: Path) -> int:
     """pandas' C parser with quoting disabled, every field a string."""
     import pandas as pd
 
-    from utils.columns import PLAYS_COLUMNS
+    from utils.core.columns import PLAYS_COLUMNS
 
     frame = pd.read_csv(path, sep="\t", header=None, names=PLAYS_COLUMNS, quoting=csv.QUOTE_NONE,
                         dtype=str, keep_default_na=False, on_bad_lines="skip")
@@ -36,14 +36,14 @@ def _read_pandas(path: Path) -> int:
 
 def _read_sessionlen_arrow(path: Path) -> int:
     """The project reader up to the typed, validated Arrow table."""
-    from utils.raw_reader import read_plays_arrow
+    from utils.data_processing.raw_reader import read_plays_arrow
 
     return read_plays_arrow(path).num_rows
 
 
 def _read_sessionlen(path: Path) -> int:
     """The project reader up to the typed pandas frame other stages use."""
-    from utils.raw_reader import read_plays
+    from utils.data_processing.raw_reader import read_plays
 
     return len(read_plays(path).frame)
 

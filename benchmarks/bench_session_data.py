@@ -25,10 +25,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.csv as pacsv
 
-from utils.config import WorkLayout
-from utils.errors import SessionlenError
-from utils.stage_io import require_stage
-from utils.summaries import user_files
+from utils.baseline.summaries import user_files
+from utils.core.config import WorkLayout
+from utils.core.errors import SessionlenError
+from utils.core.stage_io import require_stage
 
 
 def scratch_work(work: Path, scratch: Path) -> Path:
@@ -48,8 +48,8 @@ def _peak_rss_mb() -> float:
 
 def _run_stage(name: str, root: str) -> dict[str, float]:
     """Run one stage (in a fresh process): seconds, plays and peak RSS."""
-    from utils.session_data import build_session_data
-    from utils.vocab import build_vocab
+    from utils.models_with_clusters.session_data import build_session_data
+    from utils.models_with_clusters.vocab import build_vocab
 
     stage = {"vocab": build_vocab, "session_data": build_session_data}[name]
     started = time.perf_counter()

@@ -24,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 from peers import duckdb_sessions
 
-from utils.config import SessionParams, WorkLayout
-from utils.stage_io import MANIFEST, require_stage
-from utils.summaries import LENGTH_MS, load_summaries, summarize, user_files
+from utils.baseline.summaries import LENGTH_MS, load_summaries, summarize, user_files
+from utils.core.config import SessionParams, WorkLayout
+from utils.core.stage_io import MANIFEST, require_stage
 
 
 def scratch_work(work: Path, scratch: Path) -> Path:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[engine] = duckdb_run(root, args.threads)
                 continue
             if engine == "spark":
-                from utils.spark import get_spark
+                from utils.core.spark import get_spark
 
                 get_spark(args.spark_master)  # JVM start-up is not part of the stage's time
             results[engine] = stage_run(root, engine, args.spark_master)

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from utils.config import SCALES
-from utils.synthetic import format_calibration, generate_dataset
+from utils.core.config import SCALES
+from utils.synthetic.generate import format_calibration, generate_dataset
 
 TARGET_SECONDS = 180.0
 TARGET_PEAK_GIB = 6.0

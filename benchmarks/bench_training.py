@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.boosting import BoostingSettings, fit_lightgbm
-from utils.config import ModelParams
-from utils.errors import SessionlenError
-from utils.experiment import Experiment, start_experiment
-from utils.models import NETWORKS, fit_network
+from utils.baseline.boosting import BoostingSettings, fit_lightgbm
+from utils.baseline.experiment import Experiment, start_experiment
+from utils.baseline.models import NETWORKS, fit_network
+from utils.core.config import ModelParams
+from utils.core.errors import SessionlenError
 
 
 def quiet(_: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from utils.columns import (
+from utils.core.columns import (
     AGE,
     AVERAGE_SESSION_LENGTH,
     COUNTRY,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import API_KEY_ENV, API_URL_ENV
+from utils.core.config import API_KEY_ENV, API_URL_ENV
 
 REFERENCE_DATA = Path(__file__).resolve().parent / "data"
 SAMPLE_DIR = REFERENCE_DATA / "lastfm-1k-sample"

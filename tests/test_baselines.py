@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.baselines import BASELINES, ORACLE, baseline_predictions
-from utils.columns import SUMMARY_COLUMNS
-from utils.errors import SessionlenError
-from utils.evaluation import headroom_captured, mae, normalized_mae, rmse
-from utils.summaries import SOURCE_ID
+from utils.baseline.baselines import BASELINES, ORACLE, baseline_predictions
+from utils.baseline.summaries import SOURCE_ID
+from utils.core.columns import SUMMARY_COLUMNS
+from utils.core.errors import SessionlenError
+from utils.core.evaluation import headroom_captured, mae, normalized_mae, rmse
 
 
 def summary_rows(rows: list[tuple[int, int, int, float, float]]) -> pd.DataFrame:

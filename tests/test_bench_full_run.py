@@ -12,8 +12,8 @@ from types import ModuleType
 
 import pytest
 
-from utils.config import PROJECT_ROOT
-from utils.errors import SessionlenError
+from utils.core.config import PROJECT_ROOT
+from utils.core.errors import SessionlenError
 
 GIB = 2**30
 

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.columns import (
+from utils.baseline.summaries import SOURCE_ID, load_summaries, load_user_ids, summarize, user_files
+from utils.core.columns import (
     AVERAGE_SESSION_LENGTH,
     CURRENT_SESSION_LENGTH,
     PREVIOUS_SESSION_LENGTH,
@@ -22,12 +23,11 @@ from utils.columns import (
     USER_DIR_COLUMNS,
     USER_ID,
 )
-from utils.config import LASTFM_API_URL, PROJECT_ROOT, CrawlParams, SessionParams, WorkLayout
-from utils.crawl import build_track_metadata
-from utils.denormalize import denormalize
-from utils.summaries import SOURCE_ID, load_summaries, load_user_ids, summarize, user_files
-from utils.synthetic import generate_dataset
-from utils.tracks import build_unique_tracks
+from utils.core.config import LASTFM_API_URL, PROJECT_ROOT, CrawlParams, SessionParams, WorkLayout
+from utils.data_processing.crawl import build_track_metadata
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.tracks import build_unique_tracks
+from utils.synthetic.generate import generate_dataset
 
 GAP_MINUTES = SessionParams().gap_minutes
 

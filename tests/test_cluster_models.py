@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils import cluster_models as cm
-from utils import columns as C
-from utils import experiment
-from utils.boosting import BoostingSettings
-from utils.config import ClusterParams, ModelParams, WorkLayout
-from utils.errors import DatasetTooSmallError, SessionlenError
-from utils.features import TargetScaler, build_feature_set
-from utils.profiles import STAGE as PROFILES_STAGE
-from utils.results import load_experiments
-from utils.stage_io import write_manifest
+from utils.baseline import experiment
+from utils.baseline.boosting import BoostingSettings
+from utils.baseline.features import TargetScaler, build_feature_set
+from utils.core import columns as C
+from utils.core.config import ClusterParams, ModelParams, WorkLayout
+from utils.core.errors import DatasetTooSmallError, SessionlenError
+from utils.core.results import load_experiments
+from utils.core.stage_io import write_manifest
+from utils.models_with_clusters import cluster_models as cm
+from utils.models_with_clusters.profiles import STAGE as PROFILES_STAGE
 
 SESSIONS_PER_USER = 40
 FAST_BOOSTING = BoostingSettings(min_child_samples=5, max_rounds=60, early_stopping_rounds=10)
@@ -74,7 +74,7 @@ def _run(params: ClusterParams, tmp_path: Path) -> cm.ClusterExperiment:
 
 def _baselines(run: cm.ClusterExperiment) -> None:
     """Add the naive baselines without a ground truth (no user id mapping needed)."""
-    from utils.baselines import BASELINES, naive_predictions
+    from utils.baseline.baselines import BASELINES, naive_predictions
 
     train = run.base.splits["train"]
     validate = naive_predictions(train, run.features.role_frame("validate"))

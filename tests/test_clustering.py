@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from utils import cluster_plots
-from utils import columns as C
-from utils.clustering import (
+from utils.core import columns as C
+from utils.core.config import ClusterParams, CrawlParams, SessionParams, WorkLayout
+from utils.core.errors import SessionlenError
+from utils.models_with_clusters import cluster_plots
+from utils.models_with_clusters.clustering import (
     ALL,
     UNCLUSTERED,
     adjusted_rand_vs_truth,
@@ -36,8 +38,6 @@ from utils.clustering import (
     silhouette_fits,
     silhouette_table,
 )
-from utils.config import ClusterParams, CrawlParams, SessionParams, WorkLayout
-from utils.errors import SessionlenError
 
 CENTRES = {"short": 1000.0, "medium": 5000.0, "long": 9000.0}
 
@@ -248,15 +248,15 @@ def test_plots_are_written(tmp_path: Path) -> None:
 
 def synthetic_work(root: Path, scale: str) -> tuple[Path, Path]:
     """(raw, WORK) of a generated dataset run through every stage up to the profiles."""
-    from utils.config import get_scale
-    from utils.crawl import build_track_metadata
-    from utils.denormalize import denormalize
-    from utils.profiles import build_user_profiles
-    from utils.session_data import build_session_data
-    from utils.summaries import summarize
-    from utils.synthetic import generate_dataset
-    from utils.tracks import build_unique_tracks
-    from utils.vocab import build_vocab
+    from utils.baseline.summaries import summarize
+    from utils.core.config import get_scale
+    from utils.data_processing.crawl import build_track_metadata
+    from utils.data_processing.denormalize import denormalize
+    from utils.data_processing.tracks import build_unique_tracks
+    from utils.models_with_clusters.profiles import build_user_profiles
+    from utils.models_with_clusters.session_data import build_session_data
+    from utils.models_with_clusters.vocab import build_vocab
+    from utils.synthetic.generate import generate_dataset
 
     raw, work = root / "raw", root / "work"
     generate_dataset(raw, scale=scale, seed=1)
@@ -272,10 +272,10 @@ def synthetic_work(root: Path, scale: str) -> tuple[Path, Path]:
 
 
 def test_tiny_synthetic_pipeline_end_to_end(tmp_path: Path) -> None:
-    from utils.profiles import load_profiles
-    from utils.session_data import read_final_split
-    from utils.stage_io import require_stage
-    from utils.summaries import load_summaries, load_user_ids
+    from utils.baseline.summaries import load_summaries, load_user_ids
+    from utils.core.stage_io import require_stage
+    from utils.models_with_clusters.profiles import load_profiles
+    from utils.models_with_clusters.session_data import read_final_split
 
     raw, work = synthetic_work(tmp_path, "tiny")
     final = WorkLayout(work).final_dir
@@ -295,8 +295,8 @@ def test_tiny_synthetic_pipeline_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_clusters_recover_the_planted_archetypes(tmp_path: Path) -> None:
-    from utils.profiles import load_profiles
-    from utils.summaries import load_user_ids
+    from utils.baseline.summaries import load_user_ids
+    from utils.models_with_clusters.profiles import load_profiles
 
     raw, work = synthetic_work(tmp_path, "demo")
     table = archetype_agreement(load_profiles(work), ClusterParams(clusters=4), raw,

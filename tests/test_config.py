@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from utils import config
-from utils.errors import SessionlenError
+from utils.core import config
+from utils.core.errors import SessionlenError
 
 
 def test_unknown_parameter_lists_valid_names() -> None:

@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import crawl
-from utils.columns import (
+from utils.core.columns import (
     ARTIST_GAP_MEDIAN_S,
     DURATION,
     DURATION_SOURCE,
@@ -32,10 +31,11 @@ from utils.columns import (
     TRACK_METADATA_COLUMNS,
     UNIQUE_TRACKS_COLUMNS,
 )
-from utils.config import PROJECT_ROOT, CrawlParams, WorkLayout
-from utils.errors import ApiKeyError, SessionlenError, StageIncompleteError
-from utils.fake_api import FAULT_KINDS, FakeApi, FaultConfig, TrackRequest, start_server
-from utils.stage_io import MANIFEST, write_manifest
+from utils.core.config import PROJECT_ROOT, CrawlParams, WorkLayout
+from utils.core.errors import ApiKeyError, SessionlenError, StageIncompleteError
+from utils.core.stage_io import MANIFEST, write_manifest
+from utils.data_processing import crawl
+from utils.synthetic.fake_api import FAULT_KINDS, FakeApi, FaultConfig, TrackRequest, start_server
 
 KEY = "0123456789abcdef0123456789abcdef"
 FAST = CrawlParams(rate=400.0, concurrency=4, timeout_s=2.0)
@@ -494,7 +494,7 @@ def test_twenty_percent_faults_of_every_kind_and_a_kill(tmp_path: Path) -> None:
     work = _work(tmp_path / "work", tracks)
     everything = set(zip(tracks["artist_key"], tracks["track_key"], strict=True))
     script = (
-        "import sys; from utils import crawl; from utils.config import CrawlParams\n"
+        "import sys; from utils import crawl; from utils.core.config import CrawlParams\n"
         "crawl.build_track_metadata(sys.argv[1], CrawlParams(rate=150.0, timeout_s=0.2, "
         "max_retries=1), sys.argv[2], sys.argv[3], retry=crawl.RetryPolicy(0.01, 0.05), "
         "progress=False)\n")

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from test_tracks import copy_excerpt, raw_plays_frame, write_raw
 
-from utils import columns as C
-from utils.config import WorkLayout
-from utils.denormalize import USER_FILE, calendar_parts, denormalize, whole_years
-from utils.errors import SessionlenError, StageIncompleteError
-from utils.stage_io import MANIFEST, write_manifest
-from utils.tracks import build_unique_tracks, name_key, read_unique_tracks
+from utils.core import columns as C
+from utils.core.config import WorkLayout
+from utils.core.errors import SessionlenError, StageIncompleteError
+from utils.core.stage_io import MANIFEST, write_manifest
+from utils.data_processing.denormalize import USER_FILE, calendar_parts, denormalize, whole_years
+from utils.data_processing.tracks import build_unique_tracks, name_key, read_unique_tracks
 
 
 def write_metadata(work: Path, rows: Sequence[Sequence[object]]) -> Path:
@@ -161,7 +161,7 @@ def test_real_excerpt_two_users_every_play_once(sample_dir: Path, tmp_path: Path
 
 
 def test_tiny_synthetic_files_join_profiles_and_metadata(tmp_path: Path) -> None:
-    from utils.synthetic import generate_dataset
+    from utils.synthetic.generate import generate_dataset
 
     raw, work = tmp_path / "raw", tmp_path / "work"
     generate_dataset(raw, scale="tiny", seed=1)

@@ -12,20 +12,20 @@ import pytest
 from scipy.stats import norm
 from test_models import chrono_splits, planted_sessions, write_work
 
-from utils import columns as C
-from utils import (
+from utils import report
+from utils.baseline import (
     distribution,
     distribution_models,
     distribution_plots,
     experiment,
-    report,
     survival,
 )
-from utils.boosting import BoostingSettings, candidate_settings
-from utils.config import ModelParams, WorkLayout
-from utils.errors import SessionlenError
-from utils.features import FeatureSet, build_feature_set
-from utils.results import append_experiments, load_experiments
+from utils.baseline.boosting import BoostingSettings, candidate_settings
+from utils.baseline.features import FeatureSet, build_feature_set
+from utils.core import columns as C
+from utils.core.config import ModelParams, WorkLayout
+from utils.core.errors import SessionlenError
+from utils.core.results import append_experiments, load_experiments
 
 LEVELS = (0.1, 0.5, 0.9)
 # The planted law of test_models.planted_sessions: given the past, log1p(length) is normal
@@ -255,7 +255,7 @@ def test_an_experiments_file_from_before_the_distribution_columns_still_loads(tm
 
 def test_quantile_network_outputs_are_ordered_before_sorting(big_features):
     model = distribution_models.build_quantile_network(big_features, 4, 0.0, 1, LEVELS)
-    from utils.models import make_dataset
+    from utils.baseline.models import make_dataset
 
     inputs, _ = next(iter(make_dataset(big_features, big_features.rows["test"][:64], 64,
                                        False, 0)))

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from utils import download
-from utils.columns import PLAYS_FILE, PROFILE_FILE
-from utils.download import DATASET_DIR, PARTIAL, download_dataset
-from utils.errors import SessionlenError
-from utils.raw_reader import read_plays, read_profiles
+from utils.core.columns import PLAYS_FILE, PROFILE_FILE
+from utils.core.errors import SessionlenError
+from utils.data_processing import download
+from utils.data_processing.download import DATASET_DIR, PARTIAL, download_dataset
+from utils.data_processing.raw_reader import read_plays, read_profiles
 
 TARBALL_PATH = "/lastfm-dataset-1K.tar.gz"
 

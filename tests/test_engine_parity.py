@@ -14,12 +14,12 @@ import pytest
 from test_denormalize import fake_metadata_stage
 from test_tracks import copy_excerpt
 
-from utils import columns as C
-from utils.config import WorkLayout
-from utils.denormalize import denormalize
-from utils.raw_reader import DUPLICATE_USER, REASONS
-from utils.stage_io import MANIFEST
-from utils.tracks import build_unique_tracks, name_key
+from utils.core import columns as C
+from utils.core.config import WorkLayout
+from utils.core.stage_io import MANIFEST
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.raw_reader import DUPLICATE_USER, REASONS
+from utils.data_processing.tracks import build_unique_tracks, name_key
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -68,7 +68,7 @@ def exotic_lines() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[SparkSession]:
-    from utils.spark import get_spark
+    from utils.core.spark import get_spark
 
     session = get_spark(MASTER)
     session.sparkContext.setLogLevel("ERROR")
@@ -79,7 +79,7 @@ def spark() -> Iterator[SparkSession]:
 @pytest.fixture(scope="module")
 def damaged_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny synthetic dataset plus exotic names and one damaged line per reject rule."""
-    from utils.synthetic import generate_dataset
+    from utils.synthetic.generate import generate_dataset
 
     raw = tmp_path_factory.mktemp("parity") / "raw"
     generate_dataset(raw, scale="tiny", seed=1)
@@ -163,7 +163,7 @@ def test_damaged_synthetic_same_files_rejects_and_counts(spark: SparkSession, da
 
 
 def test_spark_keys_match_python_keys(spark: SparkSession) -> None:
-    from utils.spark_stages import name_key as spark_key
+    from utils.data_processing.spark_stages import name_key as spark_key
 
     names = [n for pair in EXOTIC_NAMES for n in pair] + ["\u1680x\u2029", "ΣΑΣ.", "ΑΣ Σ"]
     frame = spark.createDataFrame([(n,) for n in names], "name string")

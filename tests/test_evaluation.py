@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from test_cluster_models import LEVELS, _splits
 
-from utils import evaluation, experiment
-from utils.baselines import naive_predictions
-from utils.features import build_feature_set
+from utils.baseline import experiment
+from utils.baseline.baselines import naive_predictions
+from utils.baseline.features import build_feature_set
+from utils.core import evaluation
 
 
 def _experiment(tmp_path: Path) -> experiment.Experiment:

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import requests
 
-from utils import fake_api
-from utils.columns import GT_TRACKS_COLUMNS
-from utils.config import PROJECT_ROOT
-from utils.errors import SessionlenError
-from utils.fake_api import FakeApi, FaultConfig, start_server
-from utils.stage_io import Timer
+from utils.core.columns import GT_TRACKS_COLUMNS
+from utils.core.config import PROJECT_ROOT
+from utils.core.errors import SessionlenError
+from utils.core.stage_io import Timer
+from utils.synthetic.fake_api import FakeApi, FaultConfig, start_server
+from utils.synthetic.generate import fake_api
 
 KEY = "0123456789abcdef0123456789abcdef"
 ROWS = [

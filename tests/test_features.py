@@ -6,9 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import columns as C
-from utils.errors import SessionlenError
-from utils.features import (
+from utils.baseline.features import (
     CONTEXT_FEATURES,
     LOG_LENGTH,
     STANDARD_CLIP,
@@ -23,6 +21,8 @@ from utils.features import (
     peer_features,
     tabular_features,
 )
+from utils.core import columns as C
+from utils.core.errors import SessionlenError
 
 HOUR_MS = 3_600_000
 # 2009-05-04T00:00:00Z, a Monday.

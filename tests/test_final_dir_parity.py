@@ -12,15 +12,15 @@ import pytest
 from test_denormalize import fake_metadata_stage
 from test_tracks import copy_excerpt
 
-from utils.config import ClusterParams, SessionParams, WorkLayout
-from utils.denormalize import denormalize
-from utils.errors import SessionlenError
-from utils.profiles import build_user_profiles
-from utils.session_data import build_session_data
-from utils.stage_io import MANIFEST
-from utils.summaries import summarize
-from utils.tracks import build_unique_tracks
-from utils.vocab import build_vocab
+from utils.baseline.summaries import summarize
+from utils.core.config import ClusterParams, SessionParams, WorkLayout
+from utils.core.errors import SessionlenError
+from utils.core.stage_io import MANIFEST
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.tracks import build_unique_tracks
+from utils.models_with_clusters.profiles import build_user_profiles
+from utils.models_with_clusters.session_data import build_session_data
+from utils.models_with_clusters.vocab import build_vocab
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -34,7 +34,7 @@ THRESHOLDS = ClusterParams(min_rows=40, min_sessions=3, max_average_length=20000
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[SparkSession]:
-    from utils.spark import get_spark
+    from utils.core.spark import get_spark
 
     session = get_spark(MASTER)
     yield session
@@ -96,7 +96,7 @@ def assert_same(local: Path, remote: Path, want: list[dict], got: list[dict]) ->
 
 
 def test_synthetic_same_files_on_both_engines(spark: SparkSession, tmp_path: Path) -> None:
-    from utils.synthetic import generate_dataset
+    from utils.synthetic.generate import generate_dataset
 
     raw = tmp_path / "raw"
     generate_dataset(raw, scale="tiny", users=10, seed=3)
@@ -120,7 +120,7 @@ def test_real_excerpt_same_files_on_both_engines(spark: SparkSession, sample_dir
 
 def test_spark_refuses_plays_changed_after_summarizing(spark: SparkSession,
                                                        tmp_path: Path) -> None:
-    from utils.synthetic import generate_dataset
+    from utils.synthetic.generate import generate_dataset
 
     raw = tmp_path / "raw"
     generate_dataset(raw, scale="tiny", users=4, seed=3)

@@ -14,17 +14,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import columns as C
-from utils import in_session
-from utils.config import (
+from utils.baseline.summaries import SOURCE_ID
+from utils.core import columns as C
+from utils.core.config import (
     LASTFM_API_URL,
     PROJECT_ROOT,
     CrawlParams,
     InSessionParams,
     SessionParams,
 )
-from utils.errors import SessionlenError
-from utils.in_session_features import (
+from utils.core.errors import SessionlenError
+from utils.core.results import append_experiments, load_experiments
+from utils.models_with_clusters import in_session
+from utils.models_with_clusters.in_session_features import (
     PLAY_FEATURES,
     SESSION,
     SUMMARY_FEATURES,
@@ -34,8 +36,6 @@ from utils.in_session_features import (
     play_table,
     summarize_known,
 )
-from utils.results import append_experiments, load_experiments
-from utils.summaries import SOURCE_ID
 
 NOTEBOOK = PROJECT_ROOT / "models_with_clusters" / "6_in_session.ipynb"
 START = 1_200_000_000_000  # ms
@@ -217,14 +217,14 @@ def test_notebook_parameters_are_the_dataclass_defaults() -> None:
 def test_demo_scale_best_model_beats_both_user_baselines(tmp_path: Path) -> None:
     """On demo-scale synthetic data the validation-picked model beats both user baselines at
     every checkpoint, each paired 95% interval of the MAE difference below zero."""
-    from utils.crawl import build_track_metadata
-    from utils.denormalize import denormalize
-    from utils.in_session_results import run_in_session
-    from utils.session_data import build_session_data
-    from utils.summaries import summarize
-    from utils.synthetic import generate_dataset
-    from utils.tracks import build_unique_tracks
-    from utils.vocab import build_vocab
+    from utils.baseline.summaries import summarize
+    from utils.data_processing.crawl import build_track_metadata
+    from utils.data_processing.denormalize import denormalize
+    from utils.data_processing.tracks import build_unique_tracks
+    from utils.models_with_clusters.in_session_results import run_in_session
+    from utils.models_with_clusters.session_data import build_session_data
+    from utils.models_with_clusters.vocab import build_vocab
+    from utils.synthetic.generate import generate_dataset
 
     raw, work = tmp_path / "raw", tmp_path / "work"
     generate_dataset(raw, scale="demo", seed=1)

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import requests
 
-from utils import lastfm_client as client
-from utils.columns import GT_TRACKS_COLUMNS
-from utils.errors import SessionlenError
-from utils.fake_api import FakeApi, FaultConfig, start_server
+from utils.core.columns import GT_TRACKS_COLUMNS
+from utils.core.errors import SessionlenError
+from utils.data_processing import lastfm_client as client
+from utils.synthetic.fake_api import FakeApi, FaultConfig, start_server
 
 KEY = "0123456789abcdef0123456789abcdef"
 TRICKY = ("AC/DC & Friends", "Rock + Roll #1? 100% «Ça» \"live\"")

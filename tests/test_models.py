@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import columns as C
-from utils import experiment, plots
-from utils.boosting import (
+from utils.baseline import experiment
+from utils.baseline.boosting import (
     BoostingSettings,
     candidate_settings,
     fit_lightgbm,
@@ -19,19 +18,21 @@ from utils.boosting import (
     predict_lightgbm,
     validation_mae,
 )
-from utils.config import ModelParams, WorkLayout
-from utils.errors import SessionlenError, StageIncompleteError
-from utils.features import FeatureSet, build_feature_set
-from utils.models import (
+from utils.baseline.features import FeatureSet, build_feature_set
+from utils.baseline.models import (
     build_network,
     fit_network,
     make_dataset,
     networks_to_train,
     predict_seconds,
 )
-from utils.results import load_comparisons, load_experiments
-from utils.stage_io import write_manifest
-from utils.summaries import COUNTRY_VOCAB_FILE, SOURCE_ID, SUMMARY_OUTPUTS, USER_IDS_FILE
+from utils.baseline.summaries import COUNTRY_VOCAB_FILE, SOURCE_ID, SUMMARY_OUTPUTS, USER_IDS_FILE
+from utils.core import columns as C
+from utils.core import plots
+from utils.core.config import ModelParams, WorkLayout
+from utils.core.errors import SessionlenError, StageIncompleteError
+from utils.core.results import load_comparisons, load_experiments
+from utils.core.stage_io import write_manifest
 
 HOUR_MS = 3_600_000
 START_MS = 1_230_768_000_000  # 2009-01-01T00:00:00Z

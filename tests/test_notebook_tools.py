@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from utils import notebook_tools
+from utils.core import notebook_tools
 
 
 def _write(path: Path, cells: list, kernel: dict | None = None) -> Path:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from utils import config, runner
-from utils.synthetic import generate_dataset
+from utils import runner
+from utils.core import config
+from utils.synthetic.generate import generate_dataset
 
 DESIGN_NOTEBOOKS = [
     "data_processing/1_get_unique_tracks.ipynb",

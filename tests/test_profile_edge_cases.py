@@ -22,14 +22,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from utils import columns as C
-from utils.config import CrawlParams, SessionParams, WorkLayout
-from utils.crawl import build_track_metadata
-from utils.denormalize import USER_FILE, denormalize
-from utils.raw_reader import read_profiles
-from utils.stage_io import MANIFEST
-from utils.summaries import load_country_vocab, load_summaries, load_user_ids, summarize
-from utils.tracks import build_unique_tracks
+from utils.baseline.summaries import load_country_vocab, load_summaries, load_user_ids, summarize
+from utils.core import columns as C
+from utils.core.config import CrawlParams, SessionParams, WorkLayout
+from utils.core.stage_io import MANIFEST
+from utils.data_processing.crawl import build_track_metadata
+from utils.data_processing.denormalize import USER_FILE, denormalize
+from utils.data_processing.raw_reader import read_profiles
+from utils.data_processing.tracks import build_unique_tracks
 
 PROFILE_HEADER = "#id\tgender\tage\tcountry\tregistered"
 UNKNOWN = -1

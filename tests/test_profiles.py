@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from test_session_data import HOUR_MS, T0, make_work, session_plays
 
-from utils import columns as C
-from utils.config import SCALES, ClusterParams, WorkLayout
-from utils.errors import SessionlenError, StageIncompleteError
-from utils.profiles import (
+from utils.core import columns as C
+from utils.core.config import SCALES, ClusterParams, WorkLayout
+from utils.core.errors import SessionlenError, StageIncompleteError
+from utils.core.stage_io import MANIFEST
+from utils.models_with_clusters.profiles import (
     EXCLUDED_FILE,
     build_user_profiles,
     compute_profiles,
@@ -22,9 +23,8 @@ from utils.profiles import (
     load_excluded,
     load_profiles,
 )
-from utils.session_data import build_session_data, read_final_split
-from utils.stage_io import MANIFEST
-from utils.vocab import build_vocab
+from utils.models_with_clusters.session_data import build_session_data, read_final_split
+from utils.models_with_clusters.vocab import build_vocab
 
 LOOSE = ClusterParams(min_rows=0, min_sessions=0, max_average_length=1e9)
 

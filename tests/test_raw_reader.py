@@ -12,10 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from utils import raw_reader
-from utils.columns import PLAYS_COLUMNS, PROFILE_COLUMNS, REJECTS_COLUMNS
-from utils.errors import SessionlenError
-from utils.raw_reader import LINE_NUMBER, read_plays, read_plays_arrow, read_profiles
+from utils.core.columns import PLAYS_COLUMNS, PROFILE_COLUMNS, REJECTS_COLUMNS
+from utils.core.errors import SessionlenError
+from utils.data_processing import raw_reader
+from utils.data_processing.raw_reader import (
+    LINE_NUMBER,
+    read_plays,
+    read_plays_arrow,
+    read_profiles,
+)
 
 PLAYS_SAMPLE = "plays-excerpt.tsv"
 PROFILE_SAMPLE = "userid-profile.tsv"

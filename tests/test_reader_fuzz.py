@@ -24,16 +24,16 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from utils import columns as C
-from utils import raw_reader
-from utils.config import CrawlParams, WorkLayout
-from utils.crawl import build_track_metadata
-from utils.denormalize import denormalize
-from utils.errors import SessionlenError
-from utils.raw_reader import LINE_NUMBER, REASONS, read_plays
-from utils.stage_io import MANIFEST
-from utils.tracks import build_unique_tracks
-from utils.work_lock import LOCK_DIR
+from utils.core import columns as C
+from utils.core.config import CrawlParams, WorkLayout
+from utils.core.errors import SessionlenError
+from utils.core.stage_io import MANIFEST
+from utils.core.work_lock import LOCK_DIR
+from utils.data_processing import raw_reader
+from utils.data_processing.crawl import build_track_metadata
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.raw_reader import LINE_NUMBER, REASONS, read_plays
+from utils.data_processing.tracks import build_unique_tracks
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -621,7 +621,7 @@ def test_spark_reader_gives_the_same_rows_and_rejects_bytes(
 ) -> None:
     from pyspark.sql import functions as F
 
-    from utils.plays_spark import (
+    from utils.data_processing.plays_spark import (
         LINE,
         ROW_ID,
         TS_S,
@@ -630,7 +630,7 @@ def test_spark_reader_gives_the_same_rows_and_rejects_bytes(
         partition_offsets,
         read_plays_spark,
     )
-    from utils.spark_stages import spark_session
+    from utils.data_processing.spark_stages import spark_session
 
     local = read_plays(corpus_file, tmp_path / "local")
     spark: SparkSession = spark_session("local[2]")

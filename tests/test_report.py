@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection, PathCollection
 
-from utils import cli, evaluation, report
-from utils.columns import EXPERIMENT_COLUMNS
-from utils.config import WorkLayout
-from utils.errors import SessionlenError
-from utils.plots import save_figure
-from utils.results import append_comparisons, append_experiments, load_experiments
+from utils import cli, report
+from utils.core import evaluation
+from utils.core.columns import EXPERIMENT_COLUMNS
+from utils.core.config import WorkLayout
+from utils.core.errors import SessionlenError
+from utils.core.plots import save_figure
+from utils.core.results import append_comparisons, append_experiments, load_experiments
 
 ACTUAL = np.array([600.0, 1200.0, 3000.0, 900.0])
 USERS = np.array([1, 1, 2, 3])

@@ -39,8 +39,8 @@ from test_stage_kills import (
     stage_state,
 )
 
-from utils import stage_io
-from utils.errors import OutputWriteError, describe_os_error, os_error_line
+from utils.core import stage_io
+from utils.core.errors import OutputWriteError, describe_os_error, os_error_line
 
 TEMP_NAME = re.compile(r"^\..+\.(tmp|old)-\d+$")
 PAGE = 4096

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.columns import (
+from utils.core.columns import (
     COMPARISON_FILE_COLUMNS,
     EXPERIMENT_COLUMNS,
     EXPERIMENT_FILE_COLUMNS,
 )
-from utils.errors import SessionlenError
-from utils.results import (
+from utils.core.errors import SessionlenError
+from utils.core.results import (
     append_comparisons,
     append_experiments,
     load_comparisons,

@@ -16,9 +16,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from utils import columns as C
 from utils import runner
-from utils.config import (
+from utils.baseline.summaries import summarize
+from utils.core import columns as C
+from utils.core.config import (
     PROJECT_ROOT,
     ClusterParams,
     CrawlParams,
@@ -26,16 +27,15 @@ from utils.config import (
     WorkLayout,
     get_scale,
 )
-from utils.crawl import build_track_metadata
-from utils.denormalize import denormalize
-from utils.errors import DatasetTooSmallError, SessionlenError, WorkBusyError
-from utils.profiles import build_user_profiles
-from utils.results import load_experiments
-from utils.session_data import build_session_data
-from utils.skips import SkipNote, read_skips
-from utils.summaries import summarize
-from utils.tracks import build_unique_tracks
-from utils.vocab import build_vocab
+from utils.core.errors import DatasetTooSmallError, SessionlenError, WorkBusyError
+from utils.core.results import load_experiments
+from utils.core.skips import SkipNote, read_skips
+from utils.data_processing.crawl import build_track_metadata
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.tracks import build_unique_tracks
+from utils.models_with_clusters.profiles import build_user_profiles
+from utils.models_with_clusters.session_data import build_session_data
+from utils.models_with_clusters.vocab import build_vocab
 
 CLUSTER_NOTEBOOKS = [PROJECT_ROOT / "models_with_clusters" / name for name in
                      ("4_cluster_analysis.ipynb", "5_train_and_test_model.ipynb")]
@@ -48,8 +48,8 @@ CHOOSING_5 = "choosing the number of clusters"
 DEFAULT_THRESHOLDS = "min_rows=500, min_sessions=30"
 SKIP_4 = TOO_FEW.format(needed=3, why=CHOOSING_4, thresholds=DEFAULT_THRESHOLDS)
 SKIP_5 = TOO_FEW.format(needed=3, why=CHOOSING_5, thresholds=DEFAULT_THRESHOLDS)
-ROW = ("from utils.columns import EXPERIMENT_COLUMNS\n"
-       "from utils.results import append_experiments\n"
+ROW = ("from utils.core.columns import EXPERIMENT_COLUMNS\n"
+       "from utils.core.results import append_experiments\n"
        "row = {**dict.fromkeys(EXPERIMENT_COLUMNS, 1.0), 'run_id': 'r1', 'stage': 'baseline', "
        "'finished_at': '2026-01-01T00:00:00Z', 'model': 'user_mean', 'params': '{}', "
        "'reference': 'user_median_running', 'selected': False}\n"
@@ -68,7 +68,7 @@ def _notebook(path: Path, body: str) -> Path:
 
 
 def _raise(kind: str, message: str) -> str:
-    return f"from utils.errors import {kind}\nraise {kind}({message!r})"
+    return f"from utils.core.errors import {kind}\nraise {kind}({message!r})"
 
 
 @pytest.fixture()
@@ -155,7 +155,7 @@ def test_cluster_notebooks_on_the_real_excerpt_are_skipped_with_the_minimum(
 
 
 def test_the_cluster_minimum_is_a_too_small_error(tmp_path: Path, raw: Path) -> None:
-    from utils.clustering import check_enough_users
+    from utils.models_with_clusters.clustering import check_enough_users
 
     work = tmp_path / "work"
     _through_profiles(raw, work)
@@ -207,7 +207,7 @@ def test_sessionlen_run_on_the_real_excerpt_skips_the_cluster_stages(
 
 
 def test_an_empty_split_names_what_the_split_needs(tmp_path: Path, raw: Path) -> None:
-    from utils.experiment import start_experiment
+    from utils.baseline.experiment import start_experiment
 
     work = tmp_path / "work"
     build_unique_tracks(raw, work)

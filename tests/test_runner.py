@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from utils import runner
-from utils.errors import SessionlenError
+from utils.core.errors import SessionlenError
 
 
 def _notebook(path: Path, params: str, body: str) -> Path:

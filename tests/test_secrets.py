@@ -31,14 +31,14 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 import pytest
 import requests
 
-from utils import crawl
-from utils import lastfm_client as client
-from utils.columns import PLAYS_FILE
-from utils.config import PROJECT_ROOT, CrawlParams, WorkLayout
-from utils.errors import ApiKeyError, SessionlenError
-from utils.fake_api import FaultConfig, start_server
-from utils.synthetic import generate_dataset
-from utils.tracks import build_unique_tracks, read_unique_tracks
+from utils.core.columns import PLAYS_FILE
+from utils.core.config import PROJECT_ROOT, CrawlParams, WorkLayout
+from utils.core.errors import ApiKeyError, SessionlenError
+from utils.data_processing import crawl
+from utils.data_processing import lastfm_client as client
+from utils.data_processing.tracks import build_unique_tracks, read_unique_tracks
+from utils.synthetic.fake_api import FaultConfig, start_server
+from utils.synthetic.generate import generate_dataset
 
 # Random per test session, so no fixture or cached file can hold it by accident. Real keys are
 # 32 hex digits; "+/" makes the URL-encoded form differ from the plain one.

@@ -9,19 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import columns as C
-from utils.config import SessionParams, WorkLayout
-from utils.errors import SessionlenError, StageIncompleteError
-from utils.session_data import (
+from utils.baseline.summaries import load_summaries, summarize
+from utils.core import columns as C
+from utils.core.config import SessionParams, WorkLayout
+from utils.core.errors import SessionlenError, StageIncompleteError
+from utils.core.stage_io import MANIFEST, require_stage, write_manifest
+from utils.models_with_clusters.session_data import (
     build_session_data,
     read_final_split,
     sample_rows,
     session_data_overview,
     times_played,
 )
-from utils.stage_io import MANIFEST, require_stage, write_manifest
-from utils.summaries import load_summaries, summarize
-from utils.vocab import build_vocab, read_vocabularies
+from utils.models_with_clusters.vocab import build_vocab, read_vocabularies
 
 T0 = 1_230_000_000_000  # 2008-12-23, ms
 HOUR_MS = 3_600_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.sessions import session_lengths, session_starts
+from utils.baseline.sessions import session_lengths, session_starts
 
 MIN = 60_000
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.stage_io import MANIFEST
+from utils.core.stage_io import MANIFEST
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -167,7 +167,7 @@ def connect_server(standalone_cluster: str, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset in the real format."""
-    from utils.synthetic import generate_dataset
+    from utils.synthetic.generate import generate_dataset
 
     folder = tmp_path_factory.mktemp("raw")
     generate_dataset(folder, scale="tiny", users=10, seed=5)

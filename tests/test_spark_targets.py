@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from utils.cli import main
-from utils.errors import SessionlenError
-from utils.spark import check_reachable, endpoints, spark_url
+from utils.core.errors import SessionlenError
+from utils.core.spark import check_reachable, endpoints, spark_url
 
 SESSIONLEN = Path(sys.executable).with_name("sessionlen")
 # Every stage with a Spark engine, with the arguments it needs besides the engine.

@@ -8,10 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.columns import SESSION_ID, SPLITS, USER_ID
-from utils.config import SessionParams
-from utils.errors import SessionlenError
-from utils.splits import (
+from utils.baseline.splits import (
     assign_splits,
     check_fractions,
     chrono_bounds,
@@ -21,6 +18,9 @@ from utils.splits import (
     split_minimum,
     split_sessions,
 )
+from utils.core.columns import SESSION_ID, SPLITS, USER_ID
+from utils.core.config import SessionParams
+from utils.core.errors import SessionlenError
 
 counts_strategy = st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=60)
 

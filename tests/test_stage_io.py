@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from utils import stage_io
-from utils.errors import StageIncompleteError
+from utils.core import stage_io
+from utils.core.errors import StageIncompleteError
 
 
 def _manifest(stage_dir, stage="tracks", rows=(3, 3, 0)):

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from utils import columns as C
-from utils import stage_io, work_lock
-from utils.errors import StageIncompleteError
-from utils.synthetic import generate_dataset
+from utils.core import columns as C
+from utils.core import stage_io, work_lock
+from utils.core.errors import StageIncompleteError
+from utils.synthetic.generate import generate_dataset
 
 VOLATILE_FIELDS = ("timings_s", "finished_at", "code_version")
 # Appended to every file of an older output (and set in its manifest entry) so that a mix of

@@ -9,22 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.columns import (
-    AVERAGE_SESSION_LENGTH,
-    COUNTRY,
-    CURRENT_SESSION_LENGTH,
-    PREVIOUS_SESSION_LENGTH,
-    SESSION_ID,
-    SPLITS,
-    SUMMARY_COLUMNS,
-    TIMESTAMP,
-    USER_DIR_COLUMNS,
-    USER_ID,
-)
-from utils.config import SessionParams, WorkLayout
-from utils.errors import SessionlenError, StageIncompleteError
-from utils.stage_io import MANIFEST, write_manifest
-from utils.summaries import (
+from utils.baseline.summaries import (
     LENGTH_MS,
     PLAYS,
     SOURCE_ID,
@@ -43,6 +28,21 @@ from utils.summaries import (
     user_id_mapping,
     write_summaries,
 )
+from utils.core.columns import (
+    AVERAGE_SESSION_LENGTH,
+    COUNTRY,
+    CURRENT_SESSION_LENGTH,
+    PREVIOUS_SESSION_LENGTH,
+    SESSION_ID,
+    SPLITS,
+    SUMMARY_COLUMNS,
+    TIMESTAMP,
+    USER_DIR_COLUMNS,
+    USER_ID,
+)
+from utils.core.config import SessionParams, WorkLayout
+from utils.core.errors import SessionlenError, StageIncompleteError
+from utils.core.stage_io import MANIFEST, write_manifest
 
 MIN_MS = 60_000
 EPOCH_2009 = 1_230_768_000_000
@@ -289,7 +289,7 @@ def test_sessions_equal_the_planted_ground_truth(tmp_path: Path) -> None:
 
 def test_sessions_equal_the_synthetic_ground_truth(tmp_path: Path) -> None:
     """On the project's generator: user_dir built with the catalog's true durations."""
-    synthetic = pytest.importorskip("utils.synthetic")
+    synthetic = pytest.importorskip("utils.synthetic.generate")
     raw = tmp_path / "raw"
     synthetic.generate_dataset(raw, scale="tiny", seed=1)
     tracks = pd.read_csv(raw / "ground_truth" / "tracks.csv", keep_default_na=False,

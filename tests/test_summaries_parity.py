@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from test_summaries import random_plays, write_user_dir
 
-from utils.config import SessionParams
-from utils.errors import SessionlenError
-from utils.stage_io import MANIFEST
-from utils.summaries import summarize
+from utils.baseline.summaries import summarize
+from utils.core.config import SessionParams
+from utils.core.errors import SessionlenError
+from utils.core.stage_io import MANIFEST
 
 pytestmark = [
     pytest.mark.spark,
@@ -23,7 +23,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[object]:
-    from utils.spark import get_spark
+    from utils.core.spark import get_spark
 
     session = get_spark("local[2]")
     yield session

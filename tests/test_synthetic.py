@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from utils.baseline.sessions import session_lengths, session_starts
 from utils.cli import main
-from utils.columns import (
+from utils.core.columns import (
     GT_SESSIONS_COLUMNS,
     GT_TRACKS_COLUMNS,
     GT_USERS_COLUMNS,
@@ -23,15 +24,14 @@ from utils.columns import (
     PROFILE_FILE,
     PROFILE_HEADER,
 )
-from utils.config import SESSION_GAP_MINUTES
-from utils.errors import SessionlenError
-from utils.raw_reader import read_plays, read_profiles
-from utils.sessions import session_lengths, session_starts
-from utils.synthetic import GROUND_TRUTH, format_calibration, generate_dataset
-from utils.synthetic_catalog import InverseCdf
-from utils.synthetic_names import make_unique, uuids
-from utils.synthetic_plays import MAX_GAP_S, iso_timestamps
-from utils.synthetic_sessions import ARCHETYPES
+from utils.core.config import SESSION_GAP_MINUTES
+from utils.core.errors import SessionlenError
+from utils.data_processing.raw_reader import read_plays, read_profiles
+from utils.synthetic.catalog import InverseCdf
+from utils.synthetic.generate import GROUND_TRUTH, format_calibration, generate_dataset
+from utils.synthetic.names import make_unique, uuids
+from utils.synthetic.plays import MAX_GAP_S, iso_timestamps
+from utils.synthetic.sessions import ARCHETYPES
 
 USER_RE = re.compile(r"^user_\d{6}$")
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.baselines import GT_ORACLE_COLUMNS, read_ground_truth_sessions
+from utils.baseline.baselines import GT_ORACLE_COLUMNS, read_ground_truth_sessions
 from utils.cli import main
-from utils.columns import (
+from utils.core.columns import (
     GT_GIVEN_MEDIANS,
     GT_MEDIAN,
     GT_Q10,
@@ -18,11 +18,11 @@ from utils.columns import (
     GT_QUANTILE_LEVELS,
     GT_SESSIONS_COLUMNS,
 )
-from utils.synthetic import GROUND_TRUTH, MECHANICS, Planted, generate_dataset, plant
-from utils.synthetic_sessions import MAX_LENGTH_S, Sessions, realized_lengths
-from utils.synthetic_sessions import planned_lengths as standard_planned_lengths
-from utils.synthetic_truth import conditional_quantiles
-from utils.synthetic_variant import planned_lengths as variant_planned_lengths
+from utils.synthetic.generate import GROUND_TRUTH, MECHANICS, Planted, generate_dataset, plant
+from utils.synthetic.sessions import MAX_LENGTH_S, Sessions, realized_lengths
+from utils.synthetic.sessions import planned_lengths as standard_planned_lengths
+from utils.synthetic.truth import conditional_quantiles
+from utils.synthetic.variant import planned_lengths as variant_planned_lengths
 
 DRAWS = 40_000
 PICKED = 6  # sessions per law whose own law is simulated

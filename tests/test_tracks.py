@@ -13,11 +13,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from utils import columns as C
-from utils.config import WorkLayout
-from utils.errors import SessionlenError, StageIncompleteError
-from utils.stage_io import MANIFEST, require_stage, write_manifest
-from utils.tracks import (
+from utils.core import columns as C
+from utils.core.config import WorkLayout
+from utils.core.errors import SessionlenError, StageIncompleteError
+from utils.core.stage_io import MANIFEST, require_stage, write_manifest
+from utils.data_processing.tracks import (
     build_unique_tracks,
     encode_keys,
     group_medians,
@@ -81,7 +81,7 @@ def reference_tracks(raw: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny synthetic dataset (real format)."""
-    from utils.synthetic import generate_dataset
+    from utils.synthetic.generate import generate_dataset
 
     raw = tmp_path_factory.mktemp("tiny") / "raw"
     generate_dataset(raw, scale="tiny", seed=1)

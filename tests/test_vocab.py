@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from test_session_data import HOUR_MS, T0, make_work, session_plays, small_corpus
 
-from utils import columns as C
-from utils.config import WorkLayout
-from utils.errors import SessionlenError, StageIncompleteError
-from utils.session_data import iter_split_plays, open_play_source
-from utils.stage_io import require_stage
-from utils.summaries import load_country_vocab
-from utils.vocab import (
+from utils.baseline.summaries import load_country_vocab
+from utils.core import columns as C
+from utils.core.config import WorkLayout
+from utils.core.errors import SessionlenError, StageIncompleteError
+from utils.core.stage_io import require_stage
+from utils.models_with_clusters.session_data import iter_split_plays, open_play_source
+from utils.models_with_clusters.vocab import (
     COUNT,
     ID,
     UNKNOWN_ID,

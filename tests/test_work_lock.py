@@ -24,20 +24,20 @@ import pytest
 from test_secrets import fake_api_cli
 from test_stage_kills import snapshot
 
-from utils import columns as C
-from utils.config import PROJECT_ROOT, CrawlParams, WorkLayout
-from utils.crawl import build_track_metadata
-from utils.denormalize import denormalize
-from utils.results import load_experiments
-from utils.tracks import build_unique_tracks
-from utils.work_lock import COMMAND_ENV, holder_path, read_holder, stage_lock
+from utils.core import columns as C
+from utils.core.config import PROJECT_ROOT, CrawlParams, WorkLayout
+from utils.core.results import load_experiments
+from utils.core.work_lock import COMMAND_ENV, holder_path, read_holder, stage_lock
+from utils.data_processing.crawl import build_track_metadata
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.tracks import build_unique_tracks
 
 KEY = "0123456789abcdef0123456789abcdef"
 HOLDER_COMMAND = "sessionlen summarize --work elsewhere"
 SINCE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 # Holds a stage's exclusive lock, says so on stdout, and keeps it until stdin closes.
 HOLD_SCRIPT = (
-    "import sys; from utils.work_lock import stage_lock\n"
+    "import sys; from utils.core.work_lock import stage_lock\n"
     "with stage_lock(sys.argv[1], exclusive=True):\n"
     "    print('held', flush=True); sys.stdin.read()\n")
 
@@ -159,7 +159,7 @@ def test_a_reader_waits_for_the_writer_and_leaves_no_trace(work: Path) -> None:
     subprocess.run(_sessionlen("summarize", "--work", str(work)), cwd=PROJECT_ROOT, env=_env(),
                    capture_output=True, check=True)
     before = snapshot(work)
-    script = ("import sys; from utils.summaries import load_summaries\n"
+    script = ("import sys; from utils.baseline.summaries import load_summaries\n"
               "print(sum(len(f) for f in load_summaries(sys.argv[1]).values()))\n")
     with stage_lock(work / "summary_dir", exclusive=True):
         reader = subprocess.Popen([sys.executable, "-c", script, str(work)], cwd=PROJECT_ROOT,
@@ -177,8 +177,8 @@ RECORD_SCRIPT = """
 import sys, types
 from pathlib import Path
 import pandas as pd
-from utils.columns import COMPARISON_COLUMNS, EXPERIMENT_COLUMNS
-from utils.experiment import record_results
+from utils.core.columns import COMPARISON_COLUMNS, EXPERIMENT_COLUMNS
+from utils.baseline.experiment import record_results
 work, tag, times = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 kept = [c for c in EXPERIMENT_COLUMNS if c not in ("run_id", "finished_at", "stage")]
 for i in range(times):
@@ -212,8 +212,8 @@ def test_concurrent_record_steps_keep_every_row_once(tmp_path: Path) -> None:
 CRAWL_SCRIPT = """
 import sys
 import pandas as pd
-from utils import crawl
-from utils.config import CrawlParams
+from utils.data_processing import crawl
+from utils.core.config import CrawlParams
 todo = pd.read_csv(sys.argv[2], dtype=str, keep_default_na=False)
 with crawl.TrackCache(sys.argv[1]) as cache:
     crawl.crawl_tracks(todo, cache, api_key=sys.argv[3], api_url=sys.argv[4],

@@ -9,9 +9,9 @@ import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from utils import config
-from utils.errors import SessionlenError, os_error_line
-from utils.spark import CONNECT_SCHEME
+from utils.core import config
+from utils.core.errors import SessionlenError, os_error_line
+from utils.core.spark import CONNECT_SCHEME
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +75,7 @@ def _add_no_wait(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from utils.synthetic import format_calibration, generate_dataset
+    from utils.synthetic.generate import format_calibration, generate_dataset
 
     report = generate_dataset(args.out, scale=args.scale, users=args.users, seed=args.seed,
                               mechanics=args.mechanics)
@@ -84,14 +84,14 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from utils.download import OFFICIAL_URL, download_dataset
+    from utils.data_processing.download import OFFICIAL_URL, download_dataset
 
     path = download_dataset(args.out, url=args.url or OFFICIAL_URL)
     print(f"dataset ready in {path}")
 
 
 def cmd_tracks(args: argparse.Namespace) -> None:
-    from utils.tracks import build_unique_tracks
+    from utils.data_processing.tracks import build_unique_tracks
 
     summary = build_unique_tracks(args.raw, args.work, engine=args.engine,
                                   spark_master=_spark_url(args))
@@ -99,7 +99,7 @@ def cmd_tracks(args: argparse.Namespace) -> None:
 
 
 def cmd_metadata(args: argparse.Namespace) -> None:
-    from utils.crawl import api_key_from_env, api_url_from_env, build_track_metadata
+    from utils.data_processing.crawl import api_key_from_env, api_url_from_env, build_track_metadata
 
     params = config.CrawlParams(rate=args.rate, limit=args.limit, concurrency=args.concurrency,
                                 timeout_s=args.timeout, max_retries=args.max_retries)
@@ -109,32 +109,32 @@ def cmd_metadata(args: argparse.Namespace) -> None:
 
 
 def cmd_denormalize(args: argparse.Namespace) -> None:
-    from utils.denormalize import denormalize
+    from utils.data_processing.denormalize import denormalize
 
     print(denormalize(args.raw, args.work, engine=args.engine, spark_master=_spark_url(args)))
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
-    from utils.summaries import summarize
+    from utils.baseline.summaries import summarize
 
     params = config.SessionParams(split=args.split, gap_minutes=args.gap_minutes, seed=args.seed)
     print(summarize(args.work, params, engine=args.engine, spark_master=_spark_url(args)))
 
 
 def cmd_vocab(args: argparse.Namespace) -> None:
-    from utils.vocab import build_vocab
+    from utils.models_with_clusters.vocab import build_vocab
 
     print(build_vocab(args.work, engine=args.engine, spark_master=_spark_url(args)))
 
 
 def cmd_session_data(args: argparse.Namespace) -> None:
-    from utils.session_data import build_session_data
+    from utils.models_with_clusters.session_data import build_session_data
 
     print(build_session_data(args.work, engine=args.engine, spark_master=_spark_url(args)))
 
 
 def cmd_profiles(args: argparse.Namespace) -> None:
-    from utils.profiles import build_user_profiles
+    from utils.models_with_clusters.profiles import build_user_profiles
 
     params = config.ClusterParams(min_rows=args.min_rows, min_sessions=args.min_sessions,
                                   max_average_length=args.max_average_length)
@@ -143,7 +143,7 @@ def cmd_profiles(args: argparse.Namespace) -> None:
 
 
 def cmd_in_session(args: argparse.Namespace) -> None:
-    from utils.in_session_results import run_in_session
+    from utils.models_with_clusters.in_session_results import run_in_session
 
     print(run_in_session(args.work, args.raw, config.InSessionParams(seed=args.seed)).to_string())
 
@@ -162,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_fake_api(args: argparse.Namespace) -> None:
-    from utils.fake_api import FaultConfig, serve
+    from utils.synthetic.fake_api import FaultConfig, serve
 
     faults = FaultConfig(
         p_5xx=args.p_5xx, p_rate_limit=args.p_rate_limit, p_temporary=args.p_temporary,
@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sessionlen` console script."""
     args = build_parser().parse_args(argv)
     if getattr(args, "no_wait", False):
-        from utils.work_lock import never_wait
+        from utils.core.work_lock import never_wait
 
         never_wait()
     return run_cli(args.func, args)

@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from utils.baselines import BASELINES, IN_SESSION_BASELINES, ORACLE
-from utils.columns import CHECKPOINT_S
-from utils.config import WorkLayout
-from utils.errors import SessionlenError
-from utils.plots import FIGURE_RUN_KEY, FIGURE_SAVED_KEY, figure_stamp, save_figure
-from utils.results import load_comparisons, load_experiments, utc_now
-from utils.skips import read_skips, skipped_section
-from utils.stage_io import atomic_file
-from utils.work_lock import locked_stage
+from utils.baseline.baselines import BASELINES, IN_SESSION_BASELINES, ORACLE
+from utils.core.columns import CHECKPOINT_S
+from utils.core.config import WorkLayout
+from utils.core.errors import SessionlenError
+from utils.core.plots import FIGURE_RUN_KEY, FIGURE_SAVED_KEY, figure_stamp, save_figure
+from utils.core.results import load_comparisons, load_experiments, utc_now
+from utils.core.skips import read_skips, skipped_section
+from utils.core.stage_io import atomic_file
+from utils.core.work_lock import locked_stage
 
 REPORT_FILE = "report.md"
 TIMELINE_FILE = "results_timeline.png"

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from utils import columns, config
-from utils.errors import DatasetTooSmallError, SessionlenError, WorkBusyError
+from utils.core import columns, config
+from utils.core.errors import DatasetTooSmallError, SessionlenError, WorkBusyError
+from utils.core.skips import SkipNote, clear_skips, record_skip
+from utils.core.work_lock import acting_as
 from utils.report import write_report
-from utils.skips import SkipNote, clear_skips, record_skip
-from utils.work_lock import acting_as
 
 if TYPE_CHECKING:
     from papermill.exceptions import PapermillExecutionError
@@ -35,7 +35,7 @@ def prepare_raw(scale: str, raw_dir: str | Path | None = None, seed: int = confi
             raise SessionlenError(f"{raw}: no {columns.PLAYS_FILE} in the raw data directory")
         return raw
     if not (raw / columns.PLAYS_FILE).is_file():
-        from utils.synthetic import format_calibration, generate_dataset
+        from utils.synthetic.generate import format_calibration, generate_dataset
 
         print(f"generating the synthetic {scale} dataset (seed {seed}) in {raw}", flush=True)
         print(format_calibration(generate_dataset(raw, scale=scale, seed=seed,

@@ -1,0 +1,190 @@
+"""LightGBM on the same start-time features the networks see, as one tabular row per session.
+
+Trained with the L1 objective on log1p(length): the prediction is the conditional median, which
+minimizes MAE in seconds after the transform back. Seeded, deterministic and single-threaded, so a
+rerun reproduces the same trees. A few candidate settings are fit side by side and the one with
+the lowest validation MAE in seconds is kept: how large the trees may be and how many features
+each sees depends on the data (how strong and how nonlinear its signal is), which no fixed
+choice knows in advance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from utils.baseline.features import FeatureSet, tabular_features
+from utils.core import evaluation
+from utils.core.config import StrictParams
+from utils.core.errors import SessionlenError
+from utils.core.parallel import worker_count
+
+LOG_EVERY = 100
+
+
+@dataclass(frozen=True)
+class BoostingSettings(StrictParams):
+    """LightGBM knobs kept few on purpose; everything else is LightGBM's default.
+
+    Small trees and large leaves by default: a session's length varies by a factor of about e
+    around its conditional median, so the signal a split can find is small next to the noise,
+    and each leaf needs hundreds of sessions before its median means something. Early stopping
+    on the validation split sets the number of trees; `candidate_settings` varies the rest.
+    """
+
+    learning_rate: float = 0.03
+    num_leaves: int = 4
+    min_child_samples: int = 300
+    feature_fraction: float = 0.8
+    max_rounds: int = 3000
+    early_stopping_rounds: int = 100
+    seed: int = 1
+
+    def lightgbm_params(self) -> dict[str, Any]:
+        """The parameter dict LightGBM reads."""
+        for name in ("learning_rate", "feature_fraction"):
+            fraction = getattr(self, name)
+            if not 0.0 < fraction <= 1.0:
+                raise SessionlenError(f"LightGBM {name} must be in (0, 1], got {fraction}")
+        if self.num_leaves < 2:
+            raise SessionlenError(f"LightGBM num_leaves must be at least 2, got {self.num_leaves}")
+        for name in ("min_child_samples", "max_rounds", "early_stopping_rounds"):
+            value = getattr(self, name)
+            if value < 1:
+                raise SessionlenError(f"LightGBM {name} must be positive, got {value}")
+        return {
+            "objective": "l1", "metric": "l1", "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves, "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.feature_fraction, "seed": self.seed,
+            "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbosity": -1,
+        }
+
+
+@dataclass
+class TrainedBooster:
+    """A fitted booster with its validation curve and timing."""
+
+    booster: lgb.Booster
+    feature_names: list[str]
+    best_round: int
+    train_seconds: float
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    candidates: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def candidate_settings(base: BoostingSettings, num_leaves: list[int],
+                       feature_fraction: list[float]) -> list[BoostingSettings]:
+    """`base` with every combination of the listed tree sizes and feature fractions.
+
+    Few leaves with every feature suits a signal that is nearly additive; more leaves find
+    interactions, and a small feature fraction decorrelates the trees when many features carry
+    the same information (the listener's level is in a dozen history statistics), which damps
+    the noise each tree fits.
+    """
+    if not num_leaves or not feature_fraction:
+        raise SessionlenError("LightGBM num_leaves and feature_fraction must list at least one "
+                              "value each")
+    return [replace(base, num_leaves=leaves, feature_fraction=fraction)
+            for leaves, fraction in itertools.product(num_leaves, feature_fraction)]
+
+
+def _log_target(features: FeatureSet, rows: np.ndarray) -> np.ndarray:
+    return np.log1p(features.lengths_s[rows])
+
+
+def train_l1_booster(settings: BoostingSettings, train: tuple[pd.DataFrame, np.ndarray],
+                     validate: tuple[pd.DataFrame, np.ndarray], *callbacks: Callable[[Any], None]
+                     ) -> tuple[lgb.Booster, dict[str, list[float]], float]:
+    """Fit on (table, log-length) train rows, stopping early on the validation rows' MAE of
+    log-lengths; the booster, its train and validation curves, and the seconds taken."""
+    train_set = lgb.Dataset(*train, free_raw_data=False)
+    valid_set = lgb.Dataset(*validate, reference=train_set)
+    curves: dict[str, dict[str, list[float]]] = {}
+    started = time.perf_counter()
+    booster = lgb.train(
+        settings.lightgbm_params(), train_set, num_boost_round=settings.max_rounds,
+        valid_sets=[train_set, valid_set], valid_names=["train", "validate"],
+        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False),
+                   lgb.record_evaluation(curves), *callbacks],
+    )
+    return (booster, {"loss": curves["train"]["l1"], "val_loss": curves["validate"]["l1"]},
+            time.perf_counter() - started)
+
+
+def fit_lightgbm(features: FeatureSet, settings: BoostingSettings,
+                 log: Callable[[str], None] = print) -> TrainedBooster:
+    """Fit on the train rows, stopping early on the validation rows' MAE of log-lengths."""
+    table = tabular_features(features)
+    train_rows, val_rows = features.rows["train"], features.rows["validate"]
+    booster, curves, seconds = train_l1_booster(
+        settings, (table.iloc[train_rows], _log_target(features, train_rows)),
+        (table.iloc[val_rows], _log_target(features, val_rows)), _progress(log))
+    log(f"lightgbm: best round {booster.best_iteration} of {booster.current_iteration()} "
+        f"({seconds:.1f} s)")
+    return TrainedBooster(booster, list(table.columns), booster.best_iteration, seconds, curves)
+
+
+def validation_mae(trained: TrainedBooster, features: FeatureSet) -> float:
+    """MAE in seconds on the validation rows: what chooses among candidate settings."""
+    rows = features.rows["validate"]
+    return evaluation.mae(features.lengths_s[rows], predict_lightgbm(trained, features, rows))
+
+
+def fit_lightgbm_candidates(features: FeatureSet, candidates: list[BoostingSettings],
+                            log: Callable[[str], None] = print
+                            ) -> tuple[TrainedBooster, BoostingSettings]:
+    """Fit every candidate (two at a time: each fit is single-threaded) and keep the one with
+    the lowest validation MAE, with the table of every candidate's score as its `candidates`."""
+    if not candidates:
+        raise SessionlenError("no LightGBM settings to fit")
+    for settings in candidates:
+        settings.lightgbm_params()
+    with ThreadPoolExecutor(worker_count(cap=2)) as pool:
+        fitted = list(pool.map(lambda s: fit_lightgbm(features, s, log=lambda _: None),
+                               candidates))
+    scores = [validation_mae(trained, features) for trained in fitted]
+    best = min(range(len(candidates)), key=lambda i: (scores[i], i))
+    table = pd.DataFrame([{
+        "num_leaves": s.num_leaves, "feature_fraction": s.feature_fraction,
+        "min_child_samples": s.min_child_samples, "best_round": t.best_round,
+        "val_mae_s": score, "train_seconds": t.train_seconds, "chosen": i == best,
+    } for i, (s, t, score) in enumerate(zip(candidates, fitted, scores, strict=True))])
+    chosen = candidates[best]
+    fitted[best].candidates = table
+    log(f"lightgbm: chose num_leaves {chosen.num_leaves}, feature_fraction "
+        f"{chosen.feature_fraction:g} of {len(candidates)} candidates on validation MAE "
+        f"{scores[best]:,.0f} s")
+    return fitted[best], chosen
+
+
+def _progress(log: Callable[[str], None]) -> Callable[[Any], None]:
+    """A LightGBM callback logging train and validation MAE every LOG_EVERY rounds."""
+
+    def report(env: Any) -> None:
+        if (env.iteration + 1) % LOG_EVERY == 0:
+            scores = " ".join(f"{data} l1 {value:.4f}"
+                              for data, _, value, _ in env.evaluation_result_list)
+            log(f"lightgbm round {env.iteration + 1}: {scores}")
+
+    return report
+
+
+def predict_lightgbm(trained: TrainedBooster, features: FeatureSet, rows: np.ndarray) -> np.ndarray:
+    """Predicted session lengths in seconds for `rows`, with the best round's trees."""
+    table = tabular_features(features).iloc[rows]
+    log_pred = trained.booster.predict(table, num_iteration=trained.best_round)
+    return np.clip(np.expm1(np.asarray(log_pred, dtype=np.float64)), 0.0, None)
+
+
+def feature_importance(trained: TrainedBooster) -> pd.Series:
+    """Total gain per feature, largest first."""
+    gain = trained.booster.feature_importance(importance_type="gain")
+    return pd.Series(gain, index=trained.feature_names).sort_values(ascending=False)

@@ -1,0 +1,257 @@
+"""The baseline stage's sequence networks: Keras builders, tf.data input, seeded training.
+
+A network reads the user's previous K sessions through recurrent layers (GRU or LSTM, one or
+`no_layers` deep, padded steps masked), joins their final state with the features of the session
+being predicted and the embedded categorical ids, and reads the standardized log1p length out of
+that with one linear layer. Trained with MAE on that target it predicts the conditional median,
+which is what minimizes MAE in seconds once transformed back.
+
+Why a linear read-out: the start-time effects are close to additive in log-length once the
+interactions with the listener's habits are given as features, and the noise is large (a
+session's length varies by a factor of about e around its median), so dense layers on top have
+little to add but variance. The recurrent layers are the network's nonlinearity.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from utils.baseline.features import CATEGORICAL_FEATURES, FeatureSet
+from utils.core.config import ModelParams
+from utils.core.errors import SessionlenError
+
+# Before TensorFlow loads: keep its C++ start-up chatter out of notebooks and logs, and use
+# TensorFlow's own CPU kernels rather than oneDNN's, whose results may vary with the thread
+# layout (reruns must reproduce the same metrics).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Each trained network gets its own predict function; TensorFlow warns about that "retracing".
+tf.get_logger().setLevel("ERROR")
+# Float sums split over threads round differently per split, so the thread counts are fixed
+# rather than taken from the machine: the same seed gives the same weights on any core count.
+TRAINING_THREADS = 2
+tf.config.threading.set_intra_op_parallelism_threads(TRAINING_THREADS)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+# Network name -> (recurrent cell, layered?). The original's flags pick one of these.
+NETWORKS = {
+    "gru": ("gru", False),
+    "lstm": ("lstm", False),
+    "layered_gru": ("gru", True),
+    "layered_lstm": ("lstm", True),
+}
+COMPARISON_NETWORKS = ("gru", "lstm", "layered_lstm")
+EMBEDDING_DIMS = {"country": 4, "gender": 2, "hour": 4, "weekday": 3}
+# Weights are evaluated and kept as an exponential moving average over about one epoch (at most
+# 100 steps): MAE gradients have a constant size, so the raw weights jitter around the optimum.
+EMA_MAX_MOMENTUM = 0.99
+PREDICT_BATCH = 4096
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def network_name(model_lstm: bool, layered: bool) -> str:
+    """The network the original's flags select: GRU or LSTM, single or layered."""
+    return ("layered_" if layered else "") + ("lstm" if model_lstm else "gru")
+
+
+def networks_to_train(params: ModelParams, compare_networks: bool) -> list[str]:
+    """The comparison set (plus the flag-selected network), or only the flag-selected one."""
+    chosen = network_name(params.model_lstm, params.layered)
+    if not compare_networks:
+        return [chosen]
+    return list(COMPARISON_NETWORKS) + ([chosen] if chosen not in COMPARISON_NETWORKS else [])
+
+
+def _batch_gatherer(features: FeatureSet) -> Callable[[tf.Tensor], Any]:
+    """A tf.data map function turning a batch of row ids into (inputs, target)."""
+    steps = tf.constant(features.steps)
+    history = tf.constant(features.history)
+    context = tf.constant(features.context)
+    target = tf.constant(features.target)
+    categorical = {name: tf.constant(features.categorical[name]) for name in CATEGORICAL_FEATURES}
+
+    def gather(ids: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        inputs = {"history": tf.gather(steps, tf.gather(history, ids)),
+                  "context": tf.gather(context, ids)}
+        inputs.update({name: tf.gather(ids_of, ids) for name, ids_of in categorical.items()})
+        return inputs, tf.gather(target, ids)
+
+    return gather
+
+
+def make_dataset(features: FeatureSet, rows: np.ndarray, batch_size: int, shuffle: bool,
+                 seed: int) -> tf.data.Dataset:
+    """Batches of rows as model inputs; sequences are gathered per batch, not materialized."""
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(rows, dtype=np.int32))
+    if shuffle:
+        dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    return (dataset.batch(batch_size)
+            .map(_batch_gatherer(features), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _recurrent_stack(history: keras.KerasTensor, cell: str, layers: int, hidden_dim: int,
+                     dropout: float) -> keras.KerasTensor:
+    """`layers` recurrent layers over the masked history; the last returns its final state."""
+    layer_type = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
+    x = keras.layers.Masking(mask_value=0.0, name="mask_padding")(history)
+    for i in range(layers):
+        x = layer_type(hidden_dim, dropout=dropout, return_sequences=i < layers - 1,
+                       name=f"{cell}_{i + 1}")(x)
+    return x
+
+
+def build_network(name: str, features: FeatureSet, hidden_dim: int, dropout: float,
+                  no_layers: int) -> keras.Model:
+    """The named network (see NETWORKS) sized for `features`."""
+    if name not in NETWORKS:
+        raise SessionlenError(f"unknown network {name!r}; valid: {', '.join(NETWORKS)}")
+    if not 0.0 <= dropout < 1.0:
+        raise SessionlenError(f"dropout must be in [0, 1), got {dropout}")
+    if no_layers < 1 or hidden_dim < 1:
+        raise SessionlenError(f"no_layers and hidden_dim must be positive, got {no_layers}, "
+                              f"{hidden_dim}")
+    cell, layered = NETWORKS[name]
+    history = keras.Input(shape=features.history.shape[1:] + features.steps.shape[1:],
+                          name="history")
+    context = keras.Input(shape=features.context.shape[1:], name="context")
+    ids = {n: keras.Input(shape=(), dtype="int32", name=n) for n in CATEGORICAL_FEATURES}
+    embedded = [
+        keras.layers.Embedding(features.vocab_sizes[n], EMBEDDING_DIMS[n],
+                               name=f"embed_{n}")(ids[n])
+        for n in CATEGORICAL_FEATURES
+    ]
+    sequence = _recurrent_stack(history, cell, no_layers if layered else 1, hidden_dim, dropout)
+    sequence = keras.layers.Dropout(dropout, name="state_dropout")(sequence)
+    joined = keras.layers.Concatenate(name="joined")([sequence, context, *embedded])
+    output = keras.layers.Dense(1, name="log_length")(joined)
+    return keras.Model(inputs={"history": history, "context": context, **ids},
+                       outputs=output, name=name)
+
+
+def _loss(name: str) -> keras.losses.Loss:
+    try:
+        return keras.losses.get(name)
+    except ValueError as exc:
+        raise SessionlenError(f"unknown loss_func {name!r} (e.g. mae, mse, huber)") from exc
+
+
+def averaging_optimizer(name: str, learning_rate: float, steps_per_epoch: int
+                        ) -> keras.optimizers.Optimizer:
+    """The named optimizer keeping an exponential moving average of the weights (see
+    EMA_MAX_MOMENTUM), the average spanning about one epoch."""
+    momentum = min(EMA_MAX_MOMENTUM, 1.0 - 1.0 / max(2, steps_per_epoch))
+    config = {"learning_rate": learning_rate, "use_ema": True, "ema_momentum": momentum}
+    try:
+        return keras.optimizers.get({"class_name": name, "config": config})
+    except ValueError as exc:
+        raise SessionlenError(f"unknown optimizer {name!r} (e.g. adam, rmsprop, sgd)") from exc
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One progress line per epoch: losses, learning rate, seconds."""
+
+    def __init__(self, label: str, epochs: int, log: Callable[[str], None] = print) -> None:
+        super().__init__()
+        self.label, self.epochs, self.log = label, epochs, log
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.log(f"{self.label} epoch {epoch + 1}/{self.epochs}: "
+                 f"loss {logs.get('loss', np.nan):.4f} "
+                 f"val_loss {logs.get('val_loss', np.nan):.4f} lr {rate:.2g} "
+                 f"({time.perf_counter() - self.started:.1f} s)")
+
+
+@dataclass
+class TrainedNetwork:
+    """A fitted network with its learning curves and timing."""
+
+    name: str
+    dropout: float
+    model: keras.Model
+    history: dict[str, list[float]]
+    best_epoch: int
+    train_seconds: float
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def fit_compiled(model: keras.Model, train: tf.data.Dataset, validate: tf.data.Dataset,
+                 params: ModelParams, label: str, log: Callable[[str], None] = print
+                 ) -> tuple[dict[str, list[float]], float, list[float]]:
+    """Train a compiled network the way every baseline-stage network is trained; return its
+    history, the training seconds and the seconds of each epoch."""
+    timer = _EpochTimer()
+    callbacks = [
+        # Validation, early stopping and the restored best weights all use the averaged weights.
+        keras.callbacks.SwapEMAWeights(swap_on_epoch=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience,
+                                      restore_best_weights=True),
+        # Halving the step size as soon as validation stalls lets MAE settle on the median.
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                          patience=max(1, params.patience // 4)),
+        timer,
+        EpochLogger(label, params.epochs, log),
+    ]
+    started = time.perf_counter()
+    fitted = model.fit(train, validation_data=validate, epochs=params.epochs,
+                       callbacks=callbacks, shuffle=False, verbose=0)
+    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    return history, time.perf_counter() - started, timer.seconds
+
+
+def fit_network(name: str, features: FeatureSet, params: ModelParams, dropout: float,
+                log: Callable[[str], None] = print) -> TrainedNetwork:
+    """Seed, build and train a network; stop early on validation loss, keep the best weights."""
+    if params.epochs < 1 or params.batch_size < 1:
+        raise SessionlenError(f"epochs and batch_size must be positive, got {params.epochs}, "
+                              f"{params.batch_size}")
+    seed_everything(params.seed)
+    model = build_network(name, features, params.hidden_dim, dropout, params.no_layers)
+    steps = -(-len(features.rows["train"]) // params.batch_size)
+    model.compile(optimizer=averaging_optimizer(params.optimizer, params.learning_rate, steps),
+                  loss=_loss(params.loss_func))
+    train = make_dataset(features, features.rows["train"], params.batch_size, True, params.seed)
+    validate = make_dataset(features, features.rows["validate"], PREDICT_BATCH, False, params.seed)
+    history, seconds, epoch_seconds = fit_compiled(
+        model, train, validate, params, f"{name} (dropout {dropout:g})", log)
+    return TrainedNetwork(name, dropout, model, history,
+                          best_epoch=int(np.argmin(history["val_loss"])) + 1,
+                          train_seconds=seconds, epoch_seconds=epoch_seconds)
+
+
+def predict_seconds(model: keras.Model, features: FeatureSet, rows: np.ndarray) -> np.ndarray:
+    """Predicted session lengths in seconds for `rows`."""
+    dataset = make_dataset(features, rows, PREDICT_BATCH, False, seed=0)
+    return features.target_scaler.decode(model.predict(dataset, verbose=0))

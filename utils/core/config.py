@@ -1,0 +1,324 @@
+"""The one config module: paths, the WORK layout, scales and hyperparameter dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from utils.core.errors import SessionlenError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = PROJECT_ROOT / "data"
+REAL_RAW_DIR = DATA_DIR / "raw" / "lastfm-dataset-1K"
+SYNTHETIC_ROOT = DATA_DIR / "synthetic"
+WORK_ROOT = PROJECT_ROOT / "work"
+STAGE_FOLDERS = ("data_processing", "baseline", "models_with_clusters")
+
+DEFAULT_SEED = 1
+# Session-level laws of the synthetic generator (utils.synthetic.generate.MECHANICS), default first.
+SYNTH_MECHANICS = ("standard", "variant")
+SESSION_GAP_MINUTES = 30.0
+LASTFM_API_URL = "http://ws.audioscrobbler.com/2.0/"
+API_KEY_ENV = "LASTFM_API_KEY"
+API_URL_ENV = "LASTFM_API_URL"
+# User ids become folder names. A leading letter or digit keeps out ".", "..", hidden names and
+# the "_"/"." names that Spark and Hadoop skip as bookkeeping; 200 characters stay below every
+# filesystem's 255-byte name limit.
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A named dataset size: how many synthetic users, and how the notebooks are run for it.
+
+    `min_rows` and `min_sessions` are the clustering eligibility thresholds a run at this scale
+    applies, to any data: the original's 500 plays and 30 train sessions, shrunk in proportion
+    to the shorter histories of the smaller scales.
+    """
+
+    name: str
+    users: int
+    plays_factor: float
+    epochs: int
+    min_rows: int
+    min_sessions: int
+
+
+# plays_factor scales each user's history length; `full` matches the real dataset (19.15M plays).
+SCALES: dict[str, Scale] = {
+    "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2, min_rows=25, min_sessions=2),
+    "demo": Scale("demo", users=200, plays_factor=0.25, epochs=30, min_rows=125,
+                  min_sessions=8),
+    "full": Scale("full", users=992, plays_factor=1.0, epochs=30, min_rows=500,
+                  min_sessions=30),
+}
+
+
+def get_scale(name: str) -> Scale:
+    """Return the scale called `name`, or a one-line error listing the valid names."""
+    if name not in SCALES:
+        raise SessionlenError(f"unknown scale {name!r}; valid scales: {', '.join(SCALES)}")
+    return SCALES[name]
+
+
+def synthetic_dir(scale: str, seed: int = DEFAULT_SEED, mechanics: str = SYNTH_MECHANICS[0]
+                  ) -> Path:
+    """Where `make run` generates raw synthetic data for a scale, seed and generator law."""
+    suffix = "" if mechanics == SYNTH_MECHANICS[0] else f"-{mechanics}"
+    return SYNTHETIC_ROOT / f"{scale}-{seed}{suffix}"
+
+
+def resolve_work(scale: str, work_dir: str | Path | None = None) -> Path:
+    """The WORK directory: `work_dir` when given, else work/<scale> under the project."""
+    get_scale(scale)
+    return Path(work_dir) if work_dir else WORK_ROOT / scale
+
+
+def resolve_raw(scale: str, raw_dir: str | Path | None = None, seed: int = DEFAULT_SEED,
+                mechanics: str = SYNTH_MECHANICS[0]) -> Path:
+    """The raw data: `raw_dir` when given, else the real dataset if present, else synthetic.
+
+    Asking for a non-default generator law asks for synthetic data, real data present or not.
+    """
+    get_scale(scale)
+    if raw_dir:
+        return Path(raw_dir)
+    real = (REAL_RAW_DIR / "userid-timestamp-artid-artname-traid-traname.tsv").is_file()
+    if real and mechanics == SYNTH_MECHANICS[0]:
+        return REAL_RAW_DIR
+    return synthetic_dir(scale, seed, mechanics)
+
+
+@dataclass(frozen=True)
+class WorkLayout:
+    """Every path inside a WORK directory, as DESIGN.md fixes them."""
+
+    root: Path
+
+    @property
+    def tracks(self) -> Path:
+        return self.root / "tracks"
+
+    @property
+    def unique_tracks(self) -> Path:
+        return self.tracks / "unique_tracks.csv"
+
+    @property
+    def track_metadata(self) -> Path:
+        return self.tracks / "track_metadata.csv"
+
+    @property
+    def crawl_cache(self) -> Path:
+        return self.root / "cache" / "lastfm_track_info.sqlite"
+
+    @property
+    def user_dir(self) -> Path:
+        return self.root / "user_dir"
+
+    @property
+    def summary_dir(self) -> Path:
+        return self.root / "summary_dir"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.root / "final_dir"
+
+    @property
+    def vocab(self) -> Path:
+        return self.final_dir / "vocab"
+
+    @property
+    def user_profile_cluster(self) -> Path:
+        return self.final_dir / "user_profile_cluster.csv"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def experiments(self) -> Path:
+        return self.results / "experiments.csv"
+
+    @property
+    def comparisons(self) -> Path:
+        return self.results / "comparisons.csv"
+
+    @property
+    def figures(self) -> Path:
+        return self.results / "figures"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "rejects"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+
+class StrictParams:
+    """Mixin for hyperparameter dataclasses: unknown keys and wrong types are one-line errors."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """Build from a dict, rejecting unknown names (listing the valid ones) and wrong types."""
+        valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise SessionlenError(
+                f"unknown {cls.__name__} parameter(s) {', '.join(unknown)}; "
+                f"valid names: {', '.join(valid)}"
+            )
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if not _matches(value, hints[f.name]):
+                raise SessionlenError(
+                    f"{type(self).__name__} parameter {f.name}={value!r} has the wrong type; "
+                    f"expected {_type_name(hints[f.name])}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as a plain dict (for manifests and results rows)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+@dataclass(frozen=True)
+class SessionParams(StrictParams):
+    """The session rule and the split (DESIGN.md, 'Session rule' and 'Evaluation protocol').
+
+    The fractions apply to `chrono`; `seed` is the original's fixed 80/10/10 split of users.
+    """
+
+    gap_minutes: float = SESSION_GAP_MINUTES
+    split: typing.Literal["chrono", "seed"] = "chrono"
+    train_fraction: float = 0.7
+    validate_fraction: float = 0.1
+    seed: int = DEFAULT_SEED
+
+
+@dataclass(frozen=True)
+class CrawlParams(StrictParams):
+    """The track.getInfo crawler."""
+
+    rate: float = 5.0
+    concurrency: int = 4
+    limit: int | None = None
+    timeout_s: float = 10.0
+    max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    autocorrect: int = 1
+    default_duration_s: float = 240.0
+
+
+@dataclass(frozen=True)
+class ModelParams(StrictParams):
+    """The baseline stage's networks: the original's knobs plus real sequences and a seed."""
+
+    model_lstm: bool = False
+    layered: bool = False
+    no_layers: int = 2
+    dropout: list[float] = field(default_factory=lambda: [0.0, 0.2])
+    loss_func: str = "mae"
+    optimizer: str = "adam"
+    hidden_dim: int = 32
+    batch_size: int = 256
+    epochs: int = 30
+    sequence_length: int = 10
+    patience: int = 4
+    learning_rate: float = 0.002
+    seed: int = DEFAULT_SEED
+
+
+@dataclass(frozen=True)
+class ClusterParams(StrictParams):
+    """The models_with_clusters stage: eligibility, clustering and standardization.
+
+    `clusters` None chooses the number of clusters by silhouette on the train profiles.
+    """
+
+    clusters: int | None = None
+    use_spectral_clustering: bool = False
+    cluster_columns: list[str | int] = field(
+        default_factory=lambda: ["average_session_length", "median_session_length",
+                                 "total_sessions"]
+    )
+    standardize: bool = True
+    mix_std: bool = False
+    mix_std_threshold: int = 200
+    min_rows: int = 500
+    min_sessions: int = 30
+    max_average_length: float = 20000.0
+    min_cluster_users: int = 5
+    seed: int = DEFAULT_SEED
+
+
+@dataclass(frozen=True)
+class InSessionParams(StrictParams):
+    """The in-session stage (models_with_clusters/6_in_session): predictions made once a session
+    has lasted `checkpoints` seconds, from the start-time features and the plays so far.
+
+    Kept small so that the stage adds about a minute to a demo-scale run: one recurrent layer of
+    `hidden_dim` units over the last `max_plays` plays, small embeddings of the most frequent
+    `max_artist_ids` artists and `max_track_ids` tracks (rarer names share one id), early
+    stopping after `patience` epochs without a better validation loss. `lgbm_*` configure the
+    LightGBM model on the summarized plays (L1 objective, early stopping on validation).
+    `peer_groups` is passed to the start-time features (None: chosen by BIC on train users).
+    The network's validation loss is lowest after two or three epochs and then rises while the
+    train loss keeps falling (track embeddings memorize), so the patience is short and the track
+    vocabulary small; 20 plays against 40 changed its validation MAE by under 10 s at each
+    checkpoint on the demo data and halved its training time.
+    """
+
+    checkpoints: list[int] = field(default_factory=lambda: [600, 1800, 3600])
+    cell: typing.Literal["gru", "lstm"] = "gru"
+    max_plays: int = 20
+    hidden_dim: int = 16
+    artist_embedding: int = 4
+    track_embedding: int = 4
+    max_artist_ids: int = 2000
+    max_track_ids: int = 1000
+    dropout: float = 0.0
+    batch_size: int = 256
+    epochs: int = 30
+    patience: int = 2
+    learning_rate: float = 0.003
+    lgbm_learning_rate: float = 0.03
+    lgbm_num_leaves: int = 8
+    lgbm_min_child_samples: int = 100
+    lgbm_max_rounds: int = 2000
+    lgbm_early_stopping_rounds: int = 100
+    peer_groups: int | None = None
+    seed: int = DEFAULT_SEED

@@ -1,0 +1,245 @@
+"""The local engine of the denormalize stage: every user's play file from the raw plays.
+
+The plays are read once; every text that depends only on a user, a spelling or a track is made
+once per distinct value, and the lines, ordered by user and time, only gather it. Batches of
+whole users are formatted on a few threads while their files are written, each in one write.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from utils.core import columns as C
+from utils.core.arrow_memory import prefer_jemalloc
+from utils.core.civil_dates import iso_utc_text
+from utils.core.csv_text import concat, header_line, line_block, quote_minimal
+from utils.core.parallel import in_order, worker_count
+from utils.data_processing.denormalize import (
+    COUNTRY_TEXT,
+    DURATION_TEXT,
+    GENDER_TEXT,
+    GENRE_TEXT,
+    REGISTERED_TEXT,
+    USER_FILE,
+    AgeInputs,
+    lookup_rows,
+    play_ages,
+    take_rows,
+)
+from utils.data_processing.raw_reader import read_plays_arrow
+from utils.data_processing.tracks import (
+    distinct_keys,
+    encode,
+    play_order,
+    read_counts,
+    timestamp_seconds,
+)
+
+# Rows turned into text at once: bounds memory at full scale.
+CHUNK_ROWS = 1_000_000
+# The raw columns the lines are made of.
+PLAY_COLUMNS = (C.USER_ID, C.TIMESTAMP, C.ARTIST_NAME, C.TRACK_NAME)
+
+
+@dataclass
+class PlayFields:
+    """What the play lines are made of, prepared once for all plays (local engine).
+
+    Per play: the start second and codes into text made once per distinct value: the user's
+    id and profile fields, the artist and track spellings (quoted as CSV needs), and the
+    track's "duration,genre" line end. `order` sorts the plays by user, then time, equal
+    times latest file line first.
+    """
+
+    user_codes: np.ndarray
+    ts_s: np.ndarray
+    order: np.ndarray
+    artist_codes: np.ndarray
+    title_codes: np.ndarray
+    track_ids: np.ndarray
+    users: pa.Array
+    artist_text: pa.Array
+    title_text: pa.Array
+    profile_known: np.ndarray
+    user_gender: pa.Array
+    user_place: pa.Array
+    ages: AgeInputs
+    track_end: pa.Array
+    track_known: np.ndarray
+
+
+def _text_or_empty(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Text values as one large_string array, nulls as empty fields."""
+    filled = pc.fill_null(values.cast(pa.large_string()), "")
+    return filled.combine_chunks() if isinstance(filled, pa.ChunkedArray) else filled
+
+
+@dataclass
+class Names:
+    """One name column: code per play, the distinct spellings as CSV text, and their keys."""
+
+    codes: np.ndarray
+    text: pa.Array
+    key_of: np.ndarray
+    keys: pa.Array
+
+
+def encode_names(names: pa.ChunkedArray) -> Names:
+    """Code each play's spelling; quote and key each distinct spelling once."""
+    codes, spellings = encode(pc.fill_null(names, ""))
+    key_of, keys = distinct_keys(spellings)
+    return Names(codes, quote_minimal(spellings), key_of, keys)
+
+
+def metadata_rows(metadata: pa.Table, artist_keys: pa.Array, track_keys: pa.Array,
+                  pairs: np.ndarray) -> np.ndarray:
+    """Row of the metadata lookup for each wanted track, -1 when absent.
+
+    A wanted track is a pair code artist * len(track_keys) + track of codes into the distinct
+    `artist_keys` and `track_keys`. The metadata's keys are coded the same way, so tracks are
+    matched as integers (its pairs are unique: the metadata reader refuses duplicates).
+    """
+    meta_artist = lookup_rows(metadata[C.ARTIST_KEY].combine_chunks(), artist_keys)
+    meta_track = lookup_rows(metadata[C.TRACK_KEY].combine_chunks(), track_keys)
+    known = np.flatnonzero((meta_artist >= 0) & (meta_track >= 0))
+    position = pd.Index(meta_artist[known] * len(track_keys) + meta_track[known]).get_indexer(
+        pairs)
+    # get_indexer says -1 for a track the metadata lacks, which picks the appended -1.
+    return np.append(known, -1)[position]
+
+
+def users_in_order(plays: pa.Table) -> tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray]:
+    """(user code per play, distinct users, start second per play, the plays' output order)."""
+    user_codes, users = encode(plays[C.USER_ID])
+    ts_s = timestamp_seconds(plays)
+    return user_codes, users, ts_s, play_order(user_codes, ts_s)
+
+
+def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> PlayFields:
+    """Encode users and names, order the plays, and look up profiles and metadata.
+
+    Every text that depends only on a user, a spelling or a track is made here once per
+    distinct value; the lines then only gather it. The users' order and the two name columns
+    are worked out on separate threads (Arrow and numpy's sort release the GIL).
+    """
+    with ThreadPoolExecutor(max_workers=worker_count()) as pool:
+        ordered = pool.submit(users_in_order, plays)
+        artists = pool.submit(encode_names, plays[C.ARTIST_NAME])
+        titles = encode_names(plays[C.TRACK_NAME])
+        artists = artists.result()
+        user_codes, users, ts_s, order = ordered.result()
+    n_keys = len(titles.keys)
+    track_ids, pairs = pd.factorize(artists.key_of[artists.codes] * n_keys
+                                    + titles.key_of[titles.codes])
+    meta_rows = metadata_rows(metadata, artists.keys, titles.keys,
+                              np.asarray(pairs, dtype=np.int64))
+    per_track = take_rows(metadata.select([DURATION_TEXT, GENRE_TEXT]), meta_rows)
+    per_user = take_rows(people, lookup_rows(users, people[C.USER_ID].combine_chunks()))
+    return PlayFields(
+        user_codes=user_codes, ts_s=ts_s, order=order, artist_codes=artists.codes,
+        title_codes=titles.codes, track_ids=track_ids.astype(np.int64), users=users,
+        artist_text=artists.text, title_text=titles.text,
+        profile_known=pc.is_valid(per_user[C.USER_ID]).to_numpy(zero_copy_only=False),
+        user_gender=_text_or_empty(per_user[GENDER_TEXT]),
+        user_place=concat(_text_or_empty(per_user[COUNTRY_TEXT]),
+                          _text_or_empty(per_user[REGISTERED_TEXT]), sep=","),
+        ages=AgeInputs.of(per_user),
+        # The line break rides on the last field: no full-width pass to append it.
+        track_end=concat(_text_or_empty(per_track[DURATION_TEXT]),
+                         concat(_text_or_empty(per_track[GENRE_TEXT]), "\n"), sep=","),
+        track_known=pc.is_valid(per_track[DURATION_TEXT]).to_numpy(zero_copy_only=False),
+    )
+
+
+def play_lines(fields: PlayFields, rows: np.ndarray) -> pa.Array:
+    """The CSV lines of the plays at `rows` (indices into the plays), in that order."""
+    user_codes = fields.user_codes[rows]
+    ts_s = fields.ts_s[rows]
+    users = pa.array(user_codes)
+    lines = concat(
+        fields.users.take(users),
+        iso_utc_text(ts_s),
+        fields.artist_text.take(pa.array(fields.artist_codes[rows])),
+        fields.title_text.take(pa.array(fields.title_codes[rows])),
+        fields.user_gender.take(users),
+        play_ages(ts_s, user_codes, fields.ages),
+        fields.user_place.take(users),
+        fields.track_end.take(pa.array(fields.track_ids[rows])),
+        sep=",",
+    )
+    return lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+
+
+def user_batches(bounds: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
+    """(first, last) user ranges of about `chunk_rows` plays each, whole users, at least one.
+
+    `bounds[u]` is the position of user u's first play in the sorted plays.
+    """
+    batches, first, n_users = [], 0, len(bounds) - 1
+    while first < n_users:
+        last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + chunk_rows, "right")) - 1)
+        batches.append((first, last))
+        first = last
+    return batches
+
+
+def write_user_files(out_dir: Path, fields: PlayFields, chunk_rows: int = CHUNK_ROWS) -> int:
+    """Write out_dir/{user}/part-00000.csv for every user; rows out.
+
+    Batches of whole users are turned into text on a few threads (Arrow releases the GIL)
+    while this thread writes the finished batches' files, each in one write.
+    """
+    sorted_users = fields.user_codes[fields.order]
+    bounds = np.searchsorted(sorted_users, np.arange(len(fields.users) + 1))
+    names = fields.users.to_pylist()
+    header = header_line(C.USER_DIR_COLUMNS)
+    batches = user_batches(bounds, chunk_rows)
+
+    def batch_lines(batch: tuple[int, int]) -> pa.Array:
+        return play_lines(fields, fields.order[bounds[batch[0]]:bounds[batch[1]]])
+
+    workers = worker_count()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (first, last), lines in zip(batches, in_order(pool, batch_lines, batches, workers),
+                                        strict=True):
+            for user in range(first, last):
+                folder = out_dir / names[user]
+                folder.mkdir()
+                with open(folder / USER_FILE, "wb") as fh:
+                    fh.write(header)
+                    fh.write(line_block(lines, bounds[user] - bounds[first],
+                                        bounds[user + 1] - bounds[first]))
+    return int(bounds[-1])
+
+
+def join_counts(fields: PlayFields) -> dict[str, int]:
+    """How many users and plays found no profile, and how many plays no track metadata."""
+    no_profile = ~fields.profile_known
+    plays_per_user = np.bincount(fields.user_codes, minlength=len(fields.users))
+    return {
+        "users": len(fields.users),
+        "users_without_profile": int(no_profile.sum()),
+        "plays_without_profile": int(plays_per_user[no_profile].sum()),
+        "plays_without_metadata": int(np.count_nonzero(~fields.track_known[fields.track_ids])),
+    }
+
+
+def local_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
+                       metadata: pa.Table, out_dir: Path) -> dict[str, Any]:
+    """Local engine: read, join and write every user's file; the counts for the manifest."""
+    prefer_jemalloc()
+    # MBIDs and line numbers are not written: the reader checks every line but builds neither.
+    plays = read_plays_arrow(plays_path, rejects_dir, columns=PLAY_COLUMNS)
+    counts = read_counts(plays)
+    fields = prepare_fields(plays, people, metadata)
+    del plays  # the fields hold every code and text the lines need
+    rows_out = write_user_files(out_dir, fields)
+    return {**counts, **join_counts(fields), "rows_out": rows_out}
