@@ -19,7 +19,7 @@ from utils.core.config import PROJECT_ROOT
 from utils.core.errors import SessionlenError
 from utils.core.stage_io import Timer
 from utils.synthetic.fake_api import FakeApi, FaultConfig, start_server
-from utils.synthetic.generate import fake_api
+from utils.synthetic import fake_api
 
 KEY = "0123456789abcdef0123456789abcdef"
 ROWS = [
