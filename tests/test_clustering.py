@@ -36,10 +36,18 @@ from utils.models_with_clusters.clustering import (
     knee_index,
     resolve_columns,
     silhouette_fits,
-    silhouette_table,
 )
 
 CENTRES = {"short": 1000.0, "medium": 5000.0, "long": 9000.0}
+
+
+def silhouette_table(fits: list) -> pd.DataFrame:
+    """Average silhouette per k, and the smallest cluster's size (a degenerate fit shows there)."""
+    return pd.DataFrame({
+        "k": [f.k for f in fits],
+        "average_silhouette": [f.average for f in fits],
+        "smallest_cluster": [int(np.bincount(f.labels).min()) for f in fits],
+    })
 
 
 def planted_profiles(per_group: int = 15, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:

@@ -18,8 +18,8 @@ from utils.core.columns import GT_TRACKS_COLUMNS
 from utils.core.config import PROJECT_ROOT
 from utils.core.errors import SessionlenError
 from utils.core.stage_io import Timer
-from utils.synthetic.fake_api import FakeApi, FaultConfig, start_server
 from utils.synthetic import fake_api
+from utils.synthetic.fake_api import FakeApi, FaultConfig, start_server
 
 KEY = "0123456789abcdef0123456789abcdef"
 ROWS = [

@@ -19,8 +19,8 @@ from utils.models_with_clusters.session_data import (
     read_final_split,
     sample_rows,
     session_data_overview,
-    times_played,
 )
+from utils.models_with_clusters.split_plays import times_played
 from utils.models_with_clusters.vocab import build_vocab, read_vocabularies
 
 T0 = 1_230_000_000_000  # 2008-12-23, ms

@@ -15,14 +15,20 @@ from utils.baseline.splits import (
     chrono_min_sessions,
     seed_bounds,
     split_bounds,
+    split_codes,
     split_minimum,
-    split_sessions,
 )
 from utils.core.columns import SESSION_ID, SPLITS, USER_ID
 from utils.core.config import SessionParams
 from utils.core.errors import SessionlenError
 
 counts_strategy = st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=60)
+
+
+def split_sessions(sessions: pd.DataFrame, params: SessionParams) -> dict[str, pd.DataFrame]:
+    """The sessions frame cut into train/validate/test frames by the split codes."""
+    codes = split_codes(sessions, params)
+    return {name: sessions[codes == i] for i, name in enumerate(SPLITS)}
 
 
 def sessions_frame(counts: list[int]) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,46 @@ def test_manifest_keeps_one_entry_per_stage(tmp_path) -> None:
     data = json.loads((tmp_path / stage_io.MANIFEST).read_text())
     assert set(data) == {"tracks", "metadata"}
     assert data["tracks"]["code_version"]
+
+
+def test_a_stage_is_stale_once_a_stage_it_read_is_rebuilt(tmp_path: Path) -> None:
+    upstream, downstream = tmp_path / "up", tmp_path / "down"
+    for folder in (upstream, downstream):
+        folder.mkdir()
+    (upstream / "a.csv").write_text("x\n")
+    (downstream / "b.csv").write_text("y\n")
+
+    def complete(stage_dir: Path, stage: str, inputs: list[Path], output: str) -> None:
+        stage_io.write_manifest(stage_dir, stage, inputs=inputs, parameters={}, rows_in=1,
+                                rows_out=1, rows_rejected=0, outputs=[output], timings={})
+
+    complete(upstream, "tracks", [], "a.csv")
+    complete(upstream, "metadata", [upstream / "a.csv"], "a.csv")
+    complete(downstream, "summarize", [upstream], "b.csv")
+    entry = stage_io.require_stage(downstream, "summarize")
+    assert {(u["dir"], u["stage"]) for u in entry["upstream"]} == {("../up", "tracks"),
+                                                                    ("../up", "metadata")}
+    complete(upstream, "tracks", [], "a.csv")
+    # metadata read the old tracks: it is stale, and so is what was built on it
+    with pytest.raises(StageIncompleteError, match="'metadata' is stale.*'tracks'.*metadata"):
+        stage_io.require_stage(upstream, "metadata")
+    with pytest.raises(StageIncompleteError, match="'summarize' is stale.*sessionlen summarize"):
+        stage_io.require_stage(downstream, "summarize")
+    complete(upstream, "metadata", [upstream / "a.csv"], "a.csv")
+    complete(downstream, "summarize", [upstream], "b.csv")
+    assert stage_io.require_stage(downstream, "summarize")["stage"] == "summarize"
+
+
+def test_a_work_folder_moved_whole_stays_current(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "up").mkdir(parents=True)
+    (work / "down").mkdir()
+    (work / "up" / "a.csv").write_text("x\n")
+    (work / "down" / "b.csv").write_text("y\n")
+    stage_io.write_manifest(work / "up", "tracks", inputs=[], parameters={}, rows_in=0,
+                            rows_out=0, rows_rejected=0, outputs=["a.csv"], timings={})
+    stage_io.write_manifest(work / "down", "summarize", inputs=[work / "up" / "a.csv"],
+                            parameters={}, rows_in=0, rows_out=0, rows_rejected=0,
+                            outputs=["b.csv"], timings={})
+    moved = work.rename(tmp_path / "elsewhere")
+    assert stage_io.require_stage(moved / "down", "summarize")["upstream"][0]["stage"] == "tracks"

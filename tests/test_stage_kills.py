@@ -8,8 +8,9 @@ incomplete, and then the next stage refuses it with a one-line error naming the 
 rerun. The rerun must leave WORK byte-identical to an uninterrupted run.
 
 Manifests are compared without `timings_s` and `finished_at` (wall-clock measurements of the
-run) and `code_version` (the checkout's commit, which a commit made while the tests run would
-change). Every other byte of every file under WORK, hidden files included, is compared.
+run), `code_version` (the checkout's commit, which a commit made while the tests run would
+change) and the entries' run ids (new on every run, their own and those of the stages they
+read). Every other byte of every file under WORK, hidden files included, is compared.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from utils.core import stage_io, work_lock
 from utils.core.errors import StageIncompleteError
 from utils.synthetic.generate import generate_dataset
 
-VOLATILE_FIELDS = ("timings_s", "finished_at", "code_version")
+VOLATILE_FIELDS = ("timings_s", "finished_at", "code_version", "id")
 # Appended to every file of an older output (and set in its manifest entry) so that a mix of
 # old and new files shows, although both runs would write the same bytes.
 OLD_MARK = b"#old output\n"
@@ -93,6 +94,8 @@ def stable_manifest(data: bytes) -> bytes:
     for entry in manifest.values():
         for name in VOLATILE_FIELDS:
             entry.pop(name, None)
+        for upstream in entry.get("upstream", []):
+            upstream.pop("id")
     return json.dumps(manifest, sort_keys=True).encode()
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from utils.baseline.sessions import session_lengths, session_starts
 from utils.cli import main
 from utils.core.columns import (
+    GROUND_TRUTH,
     GT_SESSIONS_COLUMNS,
     GT_TRACKS_COLUMNS,
     GT_USERS_COLUMNS,
@@ -28,7 +29,7 @@ from utils.core.config import SESSION_GAP_MINUTES
 from utils.core.errors import SessionlenError
 from utils.data_processing.raw_reader import read_plays, read_profiles
 from utils.synthetic.catalog import InverseCdf
-from utils.synthetic.generate import GROUND_TRUTH, format_calibration, generate_dataset
+from utils.synthetic.generate import format_calibration, generate_dataset
 from utils.synthetic.names import make_unique, uuids
 from utils.synthetic.plays import MAX_GAP_S, iso_timestamps
 from utils.synthetic.sessions import ARCHETYPES

@@ -11,6 +11,7 @@ import pytest
 from utils.baseline.baselines import GT_ORACLE_COLUMNS, read_ground_truth_sessions
 from utils.cli import main
 from utils.core.columns import (
+    GROUND_TRUTH,
     GT_GIVEN_MEDIANS,
     GT_MEDIAN,
     GT_Q10,
@@ -18,7 +19,7 @@ from utils.core.columns import (
     GT_QUANTILE_LEVELS,
     GT_SESSIONS_COLUMNS,
 )
-from utils.synthetic.generate import GROUND_TRUTH, MECHANICS, Planted, generate_dataset, plant
+from utils.synthetic.generate import MECHANICS, Planted, generate_dataset, plant
 from utils.synthetic.sessions import MAX_LENGTH_S, Sessions, realized_lengths
 from utils.synthetic.sessions import planned_lengths as standard_planned_lengths
 from utils.synthetic.truth import conditional_quantiles

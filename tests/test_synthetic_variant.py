@@ -14,10 +14,10 @@ from test_synthetic import assert_rule_measures_ground_truth, plays_with_duratio
 
 from utils.cli import main
 from utils.core import config
-from utils.core.columns import GT_MEDIAN, GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
+from utils.core.columns import GROUND_TRUTH, GT_MEDIAN, GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
 from utils.core.errors import SessionlenError
 from utils.data_processing.raw_reader import read_plays, read_profiles
-from utils.synthetic.generate import GROUND_TRUTH, MECHANICS, generate_dataset
+from utils.synthetic.generate import MECHANICS, generate_dataset
 from utils.synthetic.sessions import DATA_START_S, DAY_S, MAX_LENGTH_S, scale_history
 from utils.synthetic.truth import law_columns
 from utils.synthetic.variant import (

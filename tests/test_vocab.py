@@ -13,20 +13,27 @@ from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError, StageIncompleteError
 from utils.core.stage_io import require_stage
-from utils.models_with_clusters.session_data import iter_split_plays, open_play_source
+from utils.models_with_clusters.final_dir import open_play_source
+from utils.models_with_clusters.split_plays import iter_split_plays
 from utils.models_with_clusters.vocab import (
     COUNT,
     ID,
     UNKNOWN_ID,
     Vocabulary,
     build_vocab,
-    count_names,
     fit_vocab,
+    named,
     read_vocab,
     read_vocabularies,
     vocab_overview,
     write_vocab,
 )
+
+
+def count_names(plays: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """How many plays each distinct, known key has (the counts the vocabulary is fit on)."""
+    counts = named(plays, keys).groupby(keys, sort=False, observed=True).size()
+    return counts.rename(COUNT).reset_index()
 
 
 def test_ids_by_descending_count_then_name() -> None:

@@ -144,8 +144,11 @@ def cmd_profiles(args: argparse.Namespace) -> None:
 
 def cmd_in_session(args: argparse.Namespace) -> None:
     from utils.models_with_clusters.in_session_results import run_in_session
+    from utils.report import write_report
 
-    print(run_in_session(args.work, args.raw, config.InSessionParams(seed=args.seed)).to_string())
+    table = run_in_session(args.work, args.raw, config.InSessionParams(seed=args.seed))
+    write_report(args.work, args.raw)
+    print(table.to_string())
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from utils.baseline.baselines import BASELINES, IN_SESSION_BASELINES, ORACLE
-from utils.core.columns import CHECKPOINT_S
+from utils.core.columns import CHECKPOINT_S, GROUND_TRUTH
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError
 from utils.core.plots import FIGURE_RUN_KEY, FIGURE_SAVED_KEY, figure_stamp, save_figure
@@ -44,7 +44,6 @@ COMPARISON_TABLE = ["stage", "model", "versus", "diff_mae_s", "diff_ci_low", "di
 # Below this share of test sessions that start exactly where a planted one does, the oracle
 # is partly an estimate (sessions cut by estimated durations take the planted one in progress).
 EXACT_SHARE_WARNING = 0.99
-GROUND_TRUTH = "ground_truth"
 NO_RESULTS = "# sessionlen — results\n\nNo experiment recorded yet.\n\n"
 
 

@@ -16,6 +16,7 @@ from utils.baseline.summaries import SOURCE_ID, USER_IDS_COLUMNS
 from utils.core.columns import (
     CURRENT_SESSION_LENGTH,
     GT_MEDIAN,
+    GT_SESSIONS_FILE,
     PREVIOUS_SESSION_LENGTH,
     SESSION_ID,
     TIMESTAMP,
@@ -37,7 +38,6 @@ USER_REMAINING = "e_plus_user_median_remaining"
 GLOBAL_MEDIAN_LASTED = "global_median_lasted"
 IN_SESSION_BASELINES = (USER_MEDIAN_LASTED, USER_REMAINING, GLOBAL_MEDIAN_LASTED)
 KEY_COLUMNS = [USER_ID, TIMESTAMP, SESSION_ID]
-GT_SESSIONS_FILE = "sessions.csv"
 GT_START = "start_ms"
 # What the oracle reads of ground_truth/sessions.csv: datasets generated before the quantile
 # columns were added still serve it.

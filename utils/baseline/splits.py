@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utils.core.columns import SESSION_ID, SPLITS, USER_ID
+from utils.core.columns import SESSION_ID, USER_ID
 from utils.core.config import SessionParams
 from utils.core.errors import SessionlenError
 
@@ -149,9 +149,3 @@ def split_codes(sessions: pd.DataFrame, params: SessionParams, user: str = USER_
     return assign_splits(sessions[SESSION_ID].to_numpy(), bounds[TRAIN_END].to_numpy(),
                          bounds[VALIDATE_END].to_numpy())
 
-
-def split_sessions(sessions: pd.DataFrame, params: SessionParams, user: str = USER_ID
-                   ) -> dict[str, pd.DataFrame]:
-    """The sessions frame cut into train/validate/test frames (each keeps the input row order)."""
-    codes = split_codes(sessions, params, user)
-    return {name: sessions[codes == i] for i, name in enumerate(SPLITS)}

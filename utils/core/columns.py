@@ -5,6 +5,13 @@ from __future__ import annotations
 PLAYS_FILE = "userid-timestamp-artid-artname-traid-traname.tsv"
 PROFILE_FILE = "userid-profile.tsv"
 
+# Synthetic data's planted truth: a folder beside the raw files, read for the oracle.
+GROUND_TRUTH = "ground_truth"
+GT_SESSIONS_FILE = "sessions.csv"
+GT_TRACKS_FILE = "tracks.csv"
+GT_USERS_FILE = "users.csv"
+GT_CALIBRATION_FILE = "calibration.csv"
+
 # Raw plays: no header in the file; these are the names the reader gives the six fields.
 USER_ID = "user_id"
 TIMESTAMP = "timestamp"

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,9 @@ def write_manifest(
     manifest = _read_manifest(path) if path.exists() else {}
     entry = {
         "stage": stage,
+        "id": uuid.uuid4().hex,
         "inputs": [describe_input(Path(p)) for p in inputs],
+        "upstream": upstream_entries(Path(stage_dir), stage, inputs),
         "parameters": parameters,
         "rows_in": rows_in,
         "rows_out": rows_out,
@@ -228,6 +231,52 @@ def write_manifest(
     manifest[stage] = entry
     write_json_atomic(path, manifest)
     return entry
+
+
+def upstream_entries(stage_dir: Path, stage: str, inputs: Sequence[Path]) -> list[dict[str, Any]]:
+    """The manifest entries of the stages that wrote `inputs`: where each is and which run it was.
+
+    An input is a stage directory (every entry of its manifest counts) or a file or folder inside
+    one (the entries listing it among their outputs count). Directories are recorded relative to
+    `stage_dir`, so a WORK folder moved as a whole stays consistent.
+    """
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in map(Path, inputs):
+        for manifest_dir in (path, path.parent):
+            if not (manifest_dir / MANIFEST).is_file():
+                continue
+            inside = "" if manifest_dir == path else path.name
+            for name, entry in _read_manifest(manifest_dir / MANIFEST).items():
+                if (manifest_dir, name) == (stage_dir, stage) or (inside and not any(
+                        out == inside or out.startswith(inside + "/") for out in entry["outputs"])):
+                    continue
+                where = os.path.relpath(manifest_dir, stage_dir)
+                found[(where, name)] = {"dir": where, "stage": name, "id": entry.get("id")}
+            break
+    return list(found.values())
+
+
+def stale_input(stage_dir: Path, entry: dict[str, Any]) -> str | None:
+    """The first stage upstream of `entry`, however far, rebuilt or removed since it was read.
+
+    None when every recorded input stage is still the run that was read (entries written before
+    inputs were recorded have nothing to check).
+    """
+    pending = [(Path(stage_dir), entry)]
+    checked: set[tuple[str, str]] = set()
+    while pending:
+        here, current = pending.pop()
+        for up in current.get("upstream", []):
+            where = Path(os.path.normpath(here / up["dir"]))
+            if (str(where), up["stage"]) in checked:
+                continue
+            manifest = where / MANIFEST
+            found = _read_manifest(manifest).get(up["stage"]) if manifest.is_file() else None
+            if found is None or found.get("id") != up["id"]:
+                return f"'{up['stage']}' in {where}"
+            checked.add((str(where), up["stage"]))
+            pending.append((where, found))
+    return None
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -260,7 +309,10 @@ def annotate_stage(stage_dir: Path, stage: str, **fields: Any) -> None:
 
 
 def require_stage(stage_dir: Path, stage: str) -> dict[str, Any]:
-    """Return the manifest entry of a complete stage, or fail naming the command to run first."""
+    """Return the manifest entry of a complete, current stage, or fail naming the command to run.
+
+    Current: no stage it read from (its declared inputs, and theirs) was rebuilt since.
+    """
     path = Path(stage_dir) / MANIFEST
     command = STAGE_COMMANDS.get(stage, stage)
     if not path.exists():
@@ -276,6 +328,12 @@ def require_stage(stage_dir: Path, stage: str) -> dict[str, Any]:
     if missing:
         raise StageIncompleteError(
             f"{stage_dir}: outputs {missing} of stage '{stage}' are missing; run `{command}` again"
+        )
+    rebuilt = stale_input(Path(stage_dir), entry)
+    if rebuilt is not None:
+        raise StageIncompleteError(
+            f"{stage_dir}: stage '{stage}' is stale: its input stage {rebuilt} was rebuilt or "
+            f"removed since; run `{command}` again"
         )
     return entry
 

@@ -25,13 +25,12 @@ from utils.core import columns as C
 from utils.core.config import ClusterParams, WorkLayout
 from utils.core.errors import DatasetTooSmallError, SessionlenError
 from utils.core.stage_io import require_file, require_stage
-from utils.models_with_clusters.session_data import PROFILES_STAGE
+from utils.models_with_clusters.final_dir import PROFILES_STAGE
 
 CLUSTER = "cluster"
 ARCHETYPE = "archetype"
 FEATURE_COLUMNS = [c for c in C.PROFILE_CLUSTER_COLUMNS if c != C.USER_ID]
 KMEANS_INITS = 10
-GROUND_TRUTH_USERS = Path("ground_truth") / "users.csv"
 MAX_NEIGHBORS = 10
 # Upper end of the k that `choose_clusters` compares.
 MAX_CHOSEN_CLUSTERS = 8
@@ -263,15 +262,6 @@ def feasible_k(k_values: Sequence[int], n_users: int, silhouette: bool = False) 
     return sorted({int(k) for k in k_values if low <= int(k) <= high})
 
 
-def silhouette_table(fits: Sequence[SilhouetteFit]) -> pd.DataFrame:
-    """Average silhouette per k, and the smallest cluster's size (a degenerate fit shows there)."""
-    return pd.DataFrame({
-        "k": [f.k for f in fits],
-        "average_silhouette": [f.average for f in fits],
-        "smallest_cluster": [int(np.bincount(f.labels).min()) for f in fits],
-    })
-
-
 # ---------------------------------------------------------------------------------------------
 # Baseline error per cluster
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +366,7 @@ def compare_methods(profiles: pd.DataFrame, params: ClusterParams, users_csv: Pa
 def archetype_agreement(profiles: pd.DataFrame, params: ClusterParams, raw_dir: str | Path,
                         user_ids: pd.DataFrame) -> pd.DataFrame:
     """compare_methods against a synthetic dataset's planted archetypes; a note for real data."""
-    users_csv = Path(raw_dir) / GROUND_TRUTH_USERS
+    users_csv = Path(raw_dir) / C.GROUND_TRUTH / C.GT_USERS_FILE
     if not users_csv.is_file():
         return pd.DataFrame({"note": [f"no planted archetypes to compare with: {users_csv} "
                                       f"does not exist (real data has none)"]})

@@ -18,7 +18,6 @@ import pandas as pd
 
 from utils.baseline.baselines import (
     GLOBAL_MEDIAN_LASTED,
-    GT_SESSIONS_FILE,
     GT_START,
     IN_SESSION_BASELINES,
     USER_MEDIAN_LASTED,
@@ -47,7 +46,6 @@ from utils.models_with_clusters.in_session_features import (
 from utils.models_with_clusters.in_session_models import ROLES, CheckpointData, TrainedModel
 
 STAGE = "in_session"
-GROUND_TRUTH = "ground_truth"
 # The baselines (names and meaning in utils.baseline.baselines); (a) and (b) fall back to the global
 # train median of sessions that lasted more than e for a user without such an earlier session.
 BASELINES = IN_SESSION_BASELINES
@@ -129,9 +127,9 @@ def read_truth_given(raw: Path | None, checkpoints: list[int]) -> pd.DataFrame |
     Checkpoints the generator did not solve get no oracle; a dataset generated before the
     given-e columns existed gets none at all.
     """
-    if raw is None or not (Path(raw) / GROUND_TRUTH).is_dir():
+    if raw is None or not (Path(raw) / C.GROUND_TRUTH).is_dir():
         return None
-    path = Path(raw) / GROUND_TRUTH / GT_SESSIONS_FILE
+    path = Path(raw) / C.GROUND_TRUTH / C.GT_SESSIONS_FILE
     header = pd.read_csv(path, nrows=0).columns
     wanted = [given_column(e) for e in checkpoints if given_column(e) in header]
     if not wanted:

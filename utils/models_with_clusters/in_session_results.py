@@ -191,9 +191,8 @@ def draw_figure(run: InSessionRun, table: pd.DataFrame) -> Figure:
 def run_in_session(work: str | Path, raw: str | Path | None, params: InSessionParams,
                    log: Callable[[str], None] = print) -> pd.DataFrame:
     """The notebook's steps in one call (the `sessionlen in-session` command): rows, baselines,
-    models, results recorded, figure saved, report rewritten; returns the acceptance table."""
+    models, results recorded, figure saved; returns the acceptance table."""
     from utils.models_with_clusters.in_session import add_baselines, start_in_session, train_models
-    from utils.report import write_report
 
     run = start_in_session(work, raw, params, log)
     add_baselines(run)
@@ -202,6 +201,5 @@ def run_in_session(work: str | Path, raw: str | Path | None, params: InSessionPa
     compared = comparisons(run, table)
     record_results(run, table, compared)
     draw_figure(run, table)
-    write_report(run.work, run.raw)
     log(headline(table).to_string())
     return acceptance(table, compared)

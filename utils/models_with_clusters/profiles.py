@@ -190,7 +190,7 @@ def build_user_profiles(work: str | Path, params: ClusterParams, engine: str = "
     thresholds = {k: getattr(params, k) for k in ("min_rows", "min_sessions",
                                                   "max_average_length")}
     write_manifest(
-        final_dir, STAGE, inputs=[final_dir / "train"], parameters=thresholds,
+        final_dir, STAGE, inputs=[final_dir / "train", layout.summary_dir], parameters=thresholds,
         rows_in=len(all_users), rows_out=len(eligible), rows_rejected=len(excluded),
         outputs=[layout.user_profile_cluster.name, EXCLUDED_FILE],
         timings={"total": timer.seconds},

@@ -27,8 +27,6 @@ from utils.core.work_lock import locked_stage
 from utils.models_with_clusters.final_dir import (
     COUNT,
     ID,
-    PROFILES_STAGE,
-    SESSION_DATA_STAGE,
     UNKNOWN_ID,
     VOCAB_STAGE,
     PlaySource,
@@ -36,6 +34,7 @@ from utils.models_with_clusters.final_dir import (
     check_play_count,
     open_play_source,
 )
+from utils.models_with_clusters.split_plays import iter_split_plays
 
 STAGE = VOCAB_STAGE
 # Vocabulary name -> the columns that identify one entry.
@@ -49,12 +48,6 @@ VOCAB_KEYS: dict[str, list[str]] = {
 def named(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """The rows whose key names are all non-empty (an empty name is an unknown one)."""
     return table[(table[list(keys)] != "").all(axis=1)] if len(table) else table
-
-
-def count_names(plays: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """How many plays each distinct key has; empty names are unknown and left out."""
-    counts = named(plays, keys).groupby(list(keys), sort=False, observed=True).size()
-    return counts.rename(COUNT).reset_index()
 
 
 def fit_vocab(counts: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -153,13 +146,10 @@ def _concat_counts(parts: list[pd.DataFrame], keys: Sequence[str]) -> pd.DataFra
 
 def local_train_counts(source: PlaySource) -> tuple[dict[str, pd.DataFrame], pd.Series, int]:
     """Local engine: (train plays per artist and per track, per country code; plays read)."""
-    # session_data encodes plays with this module's vocabularies, so it is imported at call time.
-    from utils.models_with_clusters import session_data
-
     parts: dict[str, list[pd.DataFrame]] = {"artists": [], "tracks": []}
     country_counts: list[pd.Series] = []
     plays_in = 0
-    for plays in session_data.iter_split_plays(source):
+    for plays in iter_split_plays(source):
         plays_in += len(plays.rows)
         train = plays.in_split("train")
         for name in parts:
@@ -196,9 +186,7 @@ def build_vocab(work: str | Path, engine: str = "local", spark_master: str | Non
     layout = WorkLayout(Path(work))
     with Timer() as timer:
         source = open_play_source(layout)
-        # New ids make the per-play files and the profiles built with the old ones stale.
-        for stage in (STAGE, SESSION_DATA_STAGE, PROFILES_STAGE):
-            forget_stage(layout.final_dir, stage)
+        forget_stage(layout.final_dir, STAGE)
         if engine == "spark":
             names, per_code, plays_in = spark_train_counts(source, spark_master)
         else:

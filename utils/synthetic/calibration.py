@@ -12,12 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import StandardScaler
 
-from utils.baseline.splits import chrono_bounds
-from utils.core.config import SYNTH_MECHANICS, ClusterParams
+from utils.baseline.baselines import naive_predictions
+from utils.baseline.splits import split_codes
+from utils.core.columns import (
+    CURRENT_SESSION_LENGTH,
+    PREVIOUS_SESSION_LENGTH,
+    SESSION_ID,
+    TIMESTAMP,
+    USER_ID,
+)
+from utils.core.config import SYNTH_MECHANICS, ClusterParams, SessionParams
 
 REAL_USERS = 992
 REAL_PLAYS = 19_150_868
@@ -145,31 +154,36 @@ def count_figures(counts: dict[str, float], users: int, share: float) -> list[Fi
     return figures
 
 
+def positions(user: np.ndarray) -> np.ndarray:
+    """Each session's index among its user's sessions (sessions sorted by user then start)."""
+    counts = np.bincount(user)
+    return np.arange(len(user)) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def chrono_roles(user: np.ndarray) -> np.ndarray:
     """0 train, 1 validate, 2 test for sessions sorted by user then start (the chrono split)."""
-    counts = np.bincount(user)
-    counts = counts[counts > 0]
-    train_end, validate_end = chrono_bounds(counts)
-    index = np.arange(len(user)) - np.repeat(np.cumsum(counts) - counts, counts)
-    return np.where(index < np.repeat(train_end, counts), 0,
-                    np.where(index < np.repeat(validate_end, counts), 1, 2))
+    return split_codes(pd.DataFrame({USER_ID: user, SESSION_ID: positions(user)}),
+                       SessionParams(split="chrono"))
 
 
 def difficulty_figures(user: np.ndarray, length_s: np.ndarray, median_s: np.ndarray
                        ) -> list[Figure]:
-    """user_mean / user_median / oracle MAE on the chrono test sessions, and their ratios."""
+    """user_mean / user_median / oracle MAE on the chrono test sessions, and their ratios.
+
+    The baselines are the baseline stage's own (fit on train, predicted for test).
+    """
     checked = len(np.unique(user)) >= TASK_CHECK_USERS
     role = chrono_roles(user)
-    train, test = role == 0, role == 2
-    n_users = int(user.max()) + 1
-    sums = np.bincount(user[train], weights=length_s[train], minlength=n_users)
-    counts = np.bincount(user[train], minlength=n_users)
-    user_mean = sums / np.maximum(counts, 1)
-    user_median = _group_medians(user[train], length_s[train], n_users)
-    truth, who = length_s[test].astype(np.float64), user[test]
-    mae_mean = float(np.mean(np.abs(truth - user_mean[who]))) if len(truth) else math.nan
-    mae_median = float(np.mean(np.abs(truth - user_median[who]))) if len(truth) else math.nan
-    mae_oracle = float(np.mean(np.abs(truth - median_s[test]))) if len(truth) else math.nan
+    sessions = pd.DataFrame({USER_ID: user, TIMESTAMP: 0, SESSION_ID: positions(user),
+                             CURRENT_SESSION_LENGTH: length_s, PREVIOUS_SESSION_LENGTH: 0.0})
+    truth = length_s[role == 2].astype(np.float64)
+    if len(truth):
+        predicted = naive_predictions(sessions[role == 0], sessions[role == 2])
+        mae_mean = float(np.mean(np.abs(truth - predicted["user_mean"].to_numpy())))
+        mae_median = float(np.mean(np.abs(truth - predicted["user_median"].to_numpy())))
+        mae_oracle = float(np.mean(np.abs(truth - median_s[role == 2])))
+    else:
+        mae_mean = mae_median = mae_oracle = math.nan
     return [
         Figure("user_mean MAE (s), chrono test", mae_mean,
                low=USER_MEAN_MAE_RANGE[0], high=USER_MEAN_MAE_RANGE[1], checked=checked),
@@ -181,20 +195,6 @@ def difficulty_figures(user: np.ndarray, length_s: np.ndarray, median_s: np.ndar
                low=ORACLE_VS_USER_MEDIAN_RANGE[0], high=ORACLE_VS_USER_MEDIAN_RANGE[1],
                decimals=3, checked=checked),
     ]
-
-
-def _group_medians(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """Median of `values` per group id (NaN for empty groups), by one sort."""
-    order = np.lexsort((values, group))
-    g, v = group[order], values[order].astype(np.float64)
-    counts = np.bincount(g, minlength=n_groups)
-    first = np.cumsum(counts) - counts
-    lo = first + (counts - 1) // 2
-    hi = first + counts // 2
-    safe = counts > 0
-    out = np.full(n_groups, math.nan)
-    out[safe] = (v[lo[safe]] + v[hi[safe]]) / 2
-    return out
 
 
 def cluster_figure(user: np.ndarray, length_s: np.ndarray, rows: np.ndarray,
@@ -213,7 +213,8 @@ def cluster_figure(user: np.ndarray, length_s: np.ndarray, rows: np.ndarray,
     total = np.bincount(user[train], weights=length_s[train], minlength=n_users)
     train_rows = np.bincount(user[train], weights=rows[train], minlength=n_users)
     average = total / np.maximum(sessions, 1)
-    median = _group_medians(user[train], length_s[train], n_users)
+    median = pd.Series(length_s[train], dtype=np.float64).groupby(user[train]).median().reindex(
+        range(n_users)).to_numpy()
     eligible = ((train_rows >= math.ceil(params.min_rows * plays_factor))
                 & (sessions >= max(1, math.ceil(params.min_sessions * plays_factor)))
                 & (average <= params.max_average_length) & (sessions > 0))

@@ -27,11 +27,16 @@ import pandas as pd
 import pyarrow as pa
 
 from utils.core.columns import (
+    GROUND_TRUTH,
+    GT_CALIBRATION_FILE,
     GT_LAW_COLUMNS,
     GT_MEDIAN,
     GT_SESSIONS_COLUMNS,
+    GT_SESSIONS_FILE,
     GT_TRACKS_COLUMNS,
+    GT_TRACKS_FILE,
     GT_USERS_COLUMNS,
+    GT_USERS_FILE,
     PLAYS_FILE,
     PROFILE_FILE,
     PROFILE_HEADER,
@@ -60,11 +65,6 @@ __all__ = ["MECHANICS", "SynthReport", "format_calibration", "generate_dataset",
 
 MECHANICS: dict[str, Mechanics] = {m.name: m for m in (STANDARD, VARIANT)}
 
-GROUND_TRUTH = "ground_truth"
-GT_SESSIONS = "sessions.csv"
-GT_TRACKS = "tracks.csv"
-GT_USERS = "users.csv"
-CALIBRATION = "calibration.csv"
 PLAYS_STREAM = 5  # index of the plays' generator in _generators
 HEADROOM = 1.1  # plan 10% more sessions than needed, then thin the plan to the exact size
 BATCH_ROWS = 2_000_000  # plays generated and written per batch of users
@@ -141,13 +141,13 @@ def generate_dataset(out: Path, scale: str = "tiny", users: int | None = None,
                              plays=int(counts["plays"]), sessions=len(sessions.user),
                              seconds=time.perf_counter() - start, figures=figures,
                              mechanics=law.name)
-        _write_calibration(tmp / GROUND_TRUTH / CALIBRATION, report)
+        _write_calibration(tmp / GROUND_TRUTH / GT_CALIBRATION_FILE, report)
         write_manifest(
             tmp, "synth", inputs=[],
             parameters=_parameters(law, scale, n_users, plays_factor, seed),
             rows_in=report.plays, rows_out=report.plays, rows_rejected=0,
             outputs=[PLAYS_FILE, PROFILE_FILE, *(f"{GROUND_TRUTH}/{name}" for name in (
-                GT_SESSIONS, GT_TRACKS, GT_USERS, CALIBRATION))],
+                GT_SESSIONS_FILE, GT_TRACKS_FILE, GT_USERS_FILE, GT_CALIBRATION_FILE))],
             timings={"total": report.seconds},
         )
     return report
@@ -342,17 +342,17 @@ def _write_ground_truth(folder: Path, user_ids: np.ndarray, world: Listening, ca
     """sessions.csv (every planted session), tracks.csv (played catalog), users.csv."""
     sessions = world.sessions
     folder.mkdir()
-    _csv(folder / GT_SESSIONS, GT_SESSIONS_COLUMNS, [
+    _csv(folder / GT_SESSIONS_FILE, GT_SESSIONS_COLUMNS, [
         user_ids[sessions.user], sessions.start_s * 1000, sessions.length_s,
         *(world.truth[name] for name in GT_LAW_COLUMNS)])
     track = np.flatnonzero(played)
     artist = catalog.track_artist[track]
     tags = np.where(catalog.track_tagged[track], catalog.artist_tags[artist], "")
-    _csv(folder / GT_TRACKS, GT_TRACKS_COLUMNS, [
+    _csv(folder / GT_TRACKS_FILE, GT_TRACKS_COLUMNS, [
         catalog.artist_name.take(pa.array(artist)), catalog.track_name.take(pa.array(track)),
         catalog.artist_mbid.take(pa.array(artist)), catalog.track_mbid.take(pa.array(track)),
         catalog.duration_s[track] * 1000, tags])
-    _csv(folder / GT_USERS, GT_USERS_COLUMNS, [user_ids, world.people.archetype])
+    _csv(folder / GT_USERS_FILE, GT_USERS_COLUMNS, [user_ids, world.people.archetype])
 
 
 def _csv(path: Path, names: list[str], columns: list[Any]) -> None:
