@@ -237,13 +237,17 @@ def upstream_entries(stage_dir: Path, stage: str, inputs: Sequence[Path]) -> lis
     """The manifest entries of the stages that wrote `inputs`: where each is and which run it was.
 
     An input is a stage directory (every entry of its manifest counts) or a file or folder inside
-    one (the entries listing it among their outputs count). Directories are recorded relative to
-    `stage_dir`, so a WORK folder moved as a whole stays consistent.
+    one (the entries listing it among their outputs count). Only the stages of the same WORK
+    folder (the parent of every stage directory) count: inputs from outside it, the raw files,
+    are described by size and checksum in `inputs` instead. Directories are recorded relative to
+    `stage_dir`, so a WORK folder moved or copied as a whole stays consistent.
     """
+    work = Path(stage_dir).resolve().parent
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for path in map(Path, inputs):
         for manifest_dir in (path, path.parent):
-            if not (manifest_dir / MANIFEST).is_file():
+            if (not (manifest_dir / MANIFEST).is_file()
+                    or work not in manifest_dir.resolve().parents):
                 continue
             inside = "" if manifest_dir == path else path.name
             for name, entry in _read_manifest(manifest_dir / MANIFEST).items():
