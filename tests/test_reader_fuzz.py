@@ -30,9 +30,9 @@ from utils.core.errors import SessionlenError
 from utils.core.stage_io import MANIFEST
 from utils.core.work_lock import LOCK_DIR
 from utils.data_processing import raw_reader
-from utils.data_processing.crawl import build_track_metadata
 from utils.data_processing.denormalize import denormalize
 from utils.data_processing.raw_reader import LINE_NUMBER, REASONS, read_plays
+from utils.data_processing.track_metadata import build_track_metadata
 from utils.data_processing.tracks import build_unique_tracks
 
 if TYPE_CHECKING:

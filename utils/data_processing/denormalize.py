@@ -25,7 +25,7 @@ from utils.core.csv_text import format_fixed, format_small_ints, quote_minimal
 from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
 from utils.core.work_lock import locked_stage
-from utils.data_processing.crawl import read_metadata_file
+from utils.data_processing.track_metadata import read_metadata_file
 from utils.data_processing.tracks import check_engine
 
 if TYPE_CHECKING:
