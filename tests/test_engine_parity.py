@@ -18,7 +18,7 @@ from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.stage_io import MANIFEST
 from utils.data_processing.denormalize import denormalize
-from utils.data_processing.raw_reader import DUPLICATE_USER, REASONS
+from utils.data_processing.raw_lines import DUPLICATE_USER, REASONS
 from utils.data_processing.tracks import build_unique_tracks, name_key
 
 if TYPE_CHECKING:

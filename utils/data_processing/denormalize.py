@@ -145,7 +145,7 @@ def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
 def denormalize(raw: Path, work: Path, engine: str = "local",
                 spark_master: str | None = None) -> dict:
     """Stage denormalize: write WORK/user_dir/{user}/part-00000.csv and the manifest."""
-    from utils.data_processing.raw_reader import read_profiles
+    from utils.data_processing.profile_reader import read_profiles
 
     check_engine(engine)
     check_engine_target(engine, spark_master)

@@ -34,7 +34,7 @@ from utils.data_processing.denormalize import (
     play_ages,
     take_rows,
 )
-from utils.data_processing.raw_reader import read_plays_arrow
+from utils.data_processing.plays_reader import read_plays_arrow
 from utils.data_processing.tracks import (
     distinct_keys,
     encode,

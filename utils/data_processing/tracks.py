@@ -239,7 +239,7 @@ def read_counts(table: pa.Table) -> dict[str, Any]:
 
 def _local_unique_tracks(plays_path: Path, rejects_dir: Path) -> tuple[pa.Table, dict[str, Any]]:
     """Local engine: the unique-tracks table and the reader's line accounting."""
-    from utils.data_processing.raw_reader import read_plays_arrow
+    from utils.data_processing.plays_reader import read_plays_arrow
 
     plays = read_plays_arrow(plays_path, rejects_dir)
     return unique_tracks_table(plays), read_counts(plays)
