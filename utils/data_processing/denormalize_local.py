@@ -22,7 +22,7 @@ from utils.core.arrow_memory import prefer_jemalloc
 from utils.core.civil_dates import iso_utc_text
 from utils.core.csv_text import concat, header_line, line_block, quote_minimal
 from utils.core.parallel import in_order, worker_count
-from utils.data_processing.denormalize import (
+from utils.data_processing.denormalize_fields import (
     COUNTRY_TEXT,
     DURATION_TEXT,
     GENDER_TEXT,

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from utils.core import columns as C
+from utils.core.civil_dates import SECONDS_PER_DAY
 from utils.core.config import USER_ID_PATTERN
 from utils.data_processing import plays_reader as pr
 from utils.data_processing import raw_lines as rl
-from utils.data_processing.denormalize import SECONDS_PER_DAY
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, Observation, SparkSession

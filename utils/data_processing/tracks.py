@@ -24,19 +24,12 @@ from utils.core.errors import SessionlenError
 from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, write_manifest
 from utils.core.work_lock import locked_stage
+from utils.data_processing.track_rules import MAX_IN_SESSION_GAP_S, name_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# A gap to the same user's next play counts as evidence of the track's duration when the next
-# play starts within this many seconds (the play fits inside a session).
-MAX_IN_SESSION_GAP_S = 30 * 60
 ENGINES = ("local", "spark")
-
-
-def name_key(name: str) -> str:
-    """The join key of a name: surrounding whitespace stripped, lower-cased."""
-    return name.strip().lower()
 
 
 def check_engine(engine: str) -> None:
