@@ -20,7 +20,7 @@ import pandas as pd
 from utils.core.columns import GT_TRACKS_COLUMNS, UNIQUE_TRACKS_COLUMNS
 from utils.core.config import CrawlParams, WorkLayout
 from utils.core.stage_io import write_manifest
-from utils.data_processing.crawl import build_track_metadata
+from utils.data_processing.track_metadata import build_track_metadata
 from utils.synthetic.fake_api import start_server
 
 KEY = "bench0123456789abcdef0123456789ab"

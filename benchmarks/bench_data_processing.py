@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from utils.core.config import LASTFM_API_URL, CrawlParams, WorkLayout
-from utils.data_processing.crawl import build_track_metadata
-from utils.data_processing.denormalize import USER_FILE, denormalize
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.denormalize_fields import USER_FILE
+from utils.data_processing.track_metadata import build_track_metadata
 from utils.data_processing.tracks import build_unique_tracks
 
 

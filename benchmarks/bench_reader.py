@@ -36,14 +36,14 @@ def _read_pandas(path: Path) -> int:
 
 def _read_sessionlen_arrow(path: Path) -> int:
     """The project reader up to the typed, validated Arrow table."""
-    from utils.data_processing.raw_reader import read_plays_arrow
+    from utils.data_processing.plays_reader import read_plays_arrow
 
     return read_plays_arrow(path).num_rows
 
 
 def _read_sessionlen(path: Path) -> int:
     """The project reader up to the typed pandas frame other stages use."""
-    from utils.data_processing.raw_reader import read_plays
+    from utils.data_processing.plays_reader import read_plays
 
     return len(read_plays(path).frame)
 

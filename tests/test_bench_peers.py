@@ -24,8 +24,8 @@ from utils.core.columns import (
     USER_ID,
 )
 from utils.core.config import LASTFM_API_URL, PROJECT_ROOT, CrawlParams, SessionParams, WorkLayout
-from utils.data_processing.crawl import build_track_metadata
 from utils.data_processing.denormalize import denormalize
+from utils.data_processing.track_metadata import build_track_metadata
 from utils.data_processing.tracks import build_unique_tracks
 from utils.synthetic.generate import generate_dataset
 

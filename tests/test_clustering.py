@@ -258,8 +258,8 @@ def synthetic_work(root: Path, scale: str) -> tuple[Path, Path]:
     """(raw, WORK) of a generated dataset run through every stage up to the profiles."""
     from utils.baseline.summaries import summarize
     from utils.core.config import get_scale
-    from utils.data_processing.crawl import build_track_metadata
     from utils.data_processing.denormalize import denormalize
+    from utils.data_processing.track_metadata import build_track_metadata
     from utils.data_processing.tracks import build_unique_tracks
     from utils.models_with_clusters.profiles import build_user_profiles
     from utils.models_with_clusters.session_data import build_session_data

@@ -34,7 +34,7 @@ from utils.core.columns import (
 from utils.core.config import PROJECT_ROOT, CrawlParams, WorkLayout
 from utils.core.errors import ApiKeyError, SessionlenError, StageIncompleteError
 from utils.core.stage_io import MANIFEST, write_manifest
-from utils.data_processing import crawl
+from utils.data_processing import crawl, crawl_cache, durations, track_metadata
 from utils.synthetic.fake_api import FAULT_KINDS, FakeApi, FaultConfig, TrackRequest, start_server
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -95,13 +95,13 @@ def api(catalog: Path) -> Iterator[FakeApi]:
 
 def _run(work: Path, api: FakeApi | None, params: CrawlParams = FAST,
          key: str | None = KEY) -> dict:
-    return crawl.build_track_metadata(work, params, key if api else None,
+    return track_metadata.build_track_metadata(work, params, key if api else None,
                                       api.url if api else "http://unused.invalid/",
                                       retry=QUICK_RETRY, progress=False)
 
 
 def _output(work: Path) -> pd.DataFrame:
-    return crawl.read_track_metadata(work)
+    return track_metadata.read_track_metadata(work)
 
 
 def test_every_catalog_track_resolves_and_unknown_ones_are_not_found(
@@ -114,7 +114,7 @@ def test_every_catalog_track_resolves_and_unknown_ones_are_not_found(
     assert (known[DURATION] == 120.0 + np.arange(30)).all()
     assert (known[DURATION_SOURCE] == "api").all()
     assert known[GENRE].iloc[1] == "rock|genre 1" and known[GENRE].iloc[0] == ""
-    assert (unknown[crawl.API_STATUS] == "not_found").all()
+    assert (unknown[durations.API_STATUS] == "not_found").all()
     assert set(unknown[DURATION_SOURCE]) == {"estimated", "default"}
     assert summary["by_status"] == {"ok": 30, "not_found": 6}
     assert summary["requests_sent"] == 36 == api.requests_served
@@ -147,7 +147,7 @@ def test_credentials_in_the_api_url_stay_out_of_messages_and_manifests(
         tmp_path: Path, catalog: Path, api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
     work = _work(tmp_path / "work", _unique_tracks(catalog, 3, 0))
     url = api.url.replace("http://", "http://someone:pa55word@")
-    crawl.build_track_metadata(work, FAST, KEY, url + f"?api_key={KEY}", progress=False)
+    track_metadata.build_track_metadata(work, FAST, KEY, url + f"?api_key={KEY}", progress=False)
     host = api.url.split("/")[2]
     assert f"from {host}\n" in capsys.readouterr().out
     manifest = json.loads((WorkLayout(work).tracks / MANIFEST).read_text())["metadata"]
@@ -160,8 +160,8 @@ def test_limit_asks_the_most_played_first(tmp_path: Path, catalog: Path, api: Fa
     _run(work, api, CrawlParams(rate=400.0, limit=5))
     out = _output(work)
     top = tracks[PLAY_COUNT].to_numpy() >= np.sort(tracks[PLAY_COUNT].to_numpy())[-5]
-    assert (out.loc[top, crawl.API_STATUS] == "ok").all()
-    assert (out.loc[~top, crawl.API_STATUS] == "not_requested").all()
+    assert (out.loc[top, durations.API_STATUS] == "ok").all()
+    assert (out.loc[~top, durations.API_STATUS] == "not_requested").all()
     assert (out.loc[~top, DURATION_SOURCE] != "api").all()
     assert list(out["track_key"]) == list(tracks["track_key"])
     summary = _run(work, api, CrawlParams(rate=400.0, limit=8))
@@ -192,7 +192,7 @@ def test_offline_after_a_crawl_keeps_the_cached_answers(tmp_path: Path, catalog:
 def test_estimate_durations_falls_back_track_artist_default() -> None:
     tracks = pd.DataFrame({GAP_MEDIAN_S: [180.0, np.nan, 0.0, np.nan],
                            ARTIST_GAP_MEDIAN_S: [999.0, 220.0, 230.0, np.nan]})
-    estimate = crawl.estimate_durations(tracks, 240.0)
+    estimate = durations.estimate_durations(tracks, 240.0)
     assert estimate[DURATION].tolist() == [180.0, 220.0, 230.0, 240.0]
     assert estimate[DURATION_SOURCE].tolist() == ["estimated"] * 3 + ["default"]
 
@@ -264,7 +264,7 @@ def _replay(faults: FaultConfig, in_catalog: list[bool], max_retries: int
 
 
 def _cache_rows(work: Path) -> pd.DataFrame:
-    return crawl.read_cache(WorkLayout(work).crawl_cache)
+    return crawl_cache.read_cache(WorkLayout(work).crawl_cache)
 
 
 def _asked(requests_per_track: Counter[TrackRequest], tracks: pd.DataFrame
@@ -286,7 +286,7 @@ def _integrity(work: Path) -> str:
 def _final_keys(work: Path) -> set[tuple[str, str]]:
     """Tracks whose answer (ok or not_found) is stored: they must never be asked again."""
     rows = _cache_rows(work)
-    final = rows[rows["status"].isin(crawl.FINAL_STATUSES)]
+    final = rows[rows["status"].isin(crawl_cache.FINAL_STATUSES)]
     return set(zip(final["artist_key"], final["track_key"], strict=True))
 
 
@@ -307,7 +307,7 @@ def test_twenty_percent_faults_end_exactly_as_replayed_and_a_rerun_asks_only_the
                         "slow": 2, "truncated": 2, "reset": 4}
     assert summary["by_status"] == {"ok": 45, "not_found": 9, "failed": 6}
     out = _output(work)
-    assert out[crawl.API_STATUS].tolist() == [status for status, _ in ends]
+    assert out[durations.API_STATUS].tolist() == [status for status, _ in ends]
     cached = _cache_rows(work).set_index(["artist_key", "track_key"])
     keys = list(zip(out["artist_key"], out["track_key"], strict=True))
     for key, (status, fault) in zip(keys, ends, strict=True):
@@ -358,7 +358,7 @@ def test_stopping_a_crawl_thread_keeps_answers_and_resumes(tmp_path: Path, catal
     tracks = _unique_tracks(catalog, 40, 0)
     layout = WorkLayout(_work(tmp_path / "work", tracks))
     params = CrawlParams(rate=40.0)
-    with crawl.TrackCache(layout.crawl_cache) as cache:
+    with crawl_cache.TrackCache(layout.crawl_cache) as cache:
         stopper = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
         stopper.start()
         with pytest.raises(KeyboardInterrupt):
@@ -382,12 +382,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, catalog: Path) -> None:
         _run(work, None)
     work = _work(tmp_path / "ok", tracks)
     with pytest.raises(SessionlenError, match="LASTFM_API_URL='ftp://x' is not an http"):
-        crawl.build_track_metadata(work, FAST, KEY, "ftp://x", progress=False)
+        track_metadata.build_track_metadata(work, FAST, KEY, "ftp://x", progress=False)
     with pytest.raises(SessionlenError, match=r"LASTFM_API_URL='http://\[::1/2.0/' is not"):
-        crawl.build_track_metadata(work, FAST, KEY, "http://[::1/2.0/", progress=False)
+        track_metadata.build_track_metadata(work, FAST, KEY, "http://[::1/2.0/", progress=False)
     # Parsed fine, refused by the HTTP stack at the first request: still one line, no key.
     with pytest.raises(SessionlenError, match="API URL 'http://a..b/2.0/' is not a usable"):
-        crawl.build_track_metadata(work, FAST, KEY, "http://a..b/2.0/", progress=False)
+        track_metadata.build_track_metadata(work, FAST, KEY, "http://a..b/2.0/", progress=False)
 
 
 def test_rate_limiter_spaces_threads_and_stops() -> None:
@@ -424,22 +424,22 @@ def test_backoff_grows_with_jitter_and_a_cap() -> None:
 def test_duration_errors_against_the_catalog(tmp_path: Path, catalog: Path) -> None:
     work = _work(tmp_path / "work", _unique_tracks(catalog, 12, 2))
     _run(work, None)
-    errors = crawl.duration_errors(_output(work), catalog)
+    errors = durations.duration_errors(_output(work), catalog)
     assert len(errors) == 12
-    table = crawl.duration_error_table(errors)
+    table = durations.duration_error_table(errors)
     assert set(table.index) == {"estimated", "default", "offline estimate, every track"}
     assert table["tracks"].sum() == 24
     truth = 120.0 + np.arange(12)
     assert table.loc["offline estimate, every track", "median_abs_error_s"] == pytest.approx(
         np.median(np.abs(errors["estimated_duration"].to_numpy() - truth)))
-    figure = crawl.plot_duration_errors(errors, tmp_path / "fig" / "errors.png")
+    figure = durations.plot_duration_errors(errors, tmp_path / "fig" / "errors.png")
     assert (tmp_path / "fig" / "errors.png").stat().st_size > 1000 and figure.axes
 
 
 def test_sources_table_weights_by_plays(tmp_path: Path, catalog: Path, api: FakeApi) -> None:
     work = _work(tmp_path / "work", _unique_tracks(catalog, 3, 1))
     _run(work, api)
-    table = crawl.sources_table(work)
+    table = track_metadata.sources_table(work)
     assert table.loc["api", "tracks"] == 3 and table.loc["api", "plays"] == 12 + 9 + 6
     assert table["play_share"].sum() == pytest.approx(1.0)
 
@@ -476,7 +476,7 @@ def test_cli_timeout_and_retries_bound_an_unreachable_api(tmp_path: Path, catalo
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    cache = crawl.read_cache(WorkLayout(work).crawl_cache)
+    cache = crawl_cache.read_cache(WorkLayout(work).crawl_cache)
     assert list(cache["status"]) == ["failed"] * 3
     assert set(cache["reason"]) == {"gave up after 1 attempts: connection refused"}
     assert list(cache["attempts"]) == [1, 1, 1]
@@ -494,8 +494,9 @@ def test_twenty_percent_faults_of_every_kind_and_a_kill(tmp_path: Path) -> None:
     work = _work(tmp_path / "work", tracks)
     everything = set(zip(tracks["artist_key"], tracks["track_key"], strict=True))
     script = (
-        "import sys; from utils import crawl; from utils.core.config import CrawlParams\n"
-        "crawl.build_track_metadata(sys.argv[1], CrawlParams(rate=150.0, timeout_s=0.2, "
+        "import sys; from utils.data_processing import crawl, track_metadata\n"
+        "from utils.core.config import CrawlParams\n"
+        "track_metadata.build_track_metadata(sys.argv[1], CrawlParams(rate=150.0, timeout_s=0.2, "
         "max_retries=1), sys.argv[2], sys.argv[3], retry=crawl.RetryPolicy(0.01, 0.05), "
         "progress=False)\n")
     params = CrawlParams(rate=150.0, timeout_s=0.2, max_retries=1)

@@ -17,8 +17,10 @@ from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError, StageIncompleteError
 from utils.core.stage_io import MANIFEST, write_manifest
-from utils.data_processing.denormalize import USER_FILE, calendar_parts, denormalize, whole_years
-from utils.data_processing.tracks import build_unique_tracks, name_key, read_unique_tracks
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.denormalize_fields import USER_FILE, calendar_parts, whole_years
+from utils.data_processing.track_rules import name_key
+from utils.data_processing.tracks import build_unique_tracks, read_unique_tracks
 
 
 def write_metadata(work: Path, rows: Sequence[Sequence[object]]) -> Path:

@@ -18,7 +18,8 @@ from utils.core.columns import PLAYS_FILE, PROFILE_FILE
 from utils.core.errors import SessionlenError
 from utils.data_processing import download
 from utils.data_processing.download import DATASET_DIR, PARTIAL, download_dataset
-from utils.data_processing.raw_reader import read_plays, read_profiles
+from utils.data_processing.plays_reader import read_plays
+from utils.data_processing.profile_reader import read_profiles
 
 TARBALL_PATH = "/lastfm-dataset-1K.tar.gz"
 

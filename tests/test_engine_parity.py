@@ -18,8 +18,9 @@ from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.stage_io import MANIFEST
 from utils.data_processing.denormalize import denormalize
-from utils.data_processing.raw_reader import DUPLICATE_USER, REASONS
-from utils.data_processing.tracks import build_unique_tracks, name_key
+from utils.data_processing.raw_lines import DUPLICATE_USER, REASONS
+from utils.data_processing.track_rules import name_key
+from utils.data_processing.tracks import build_unique_tracks
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -18,8 +18,8 @@ from utils.core.columns import GT_TRACKS_COLUMNS
 from utils.core.config import PROJECT_ROOT
 from utils.core.errors import SessionlenError
 from utils.core.stage_io import Timer
-from utils.synthetic import fake_api
-from utils.synthetic.fake_api import FakeApi, FaultConfig, start_server
+from utils.synthetic.fake_api import FakeApi, FaultConfig, TrackRequest, start_server
+from utils.synthetic.fake_api_catalog import load_catalog
 
 KEY = "0123456789abcdef0123456789abcdef"
 ROWS = [
@@ -157,15 +157,15 @@ def test_fault_config_rejects_bad_values(kwargs: dict, message: str) -> None:
 
 def test_catalog_errors_name_the_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(SessionlenError, match="catalog not found"):
-        fake_api.load_catalog(tmp_path / "nope.csv")
+        load_catalog(tmp_path / "nope.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("artist_name,track_name\nA,B\n")
     with pytest.raises(SessionlenError, match="lacks column.*duration_ms"):
-        fake_api.load_catalog(bad)
+        load_catalog(bad)
     rows = [ROWS[0], ["A", "B", "", "", "three minutes", ""]]
     pd.DataFrame(rows, columns=GT_TRACKS_COLUMNS).to_csv(bad, index=False)
     with pytest.raises(SessionlenError, match=r"bad.csv: line 3: duration_ms 'three minutes'"):
-        fake_api.load_catalog(bad)
+        load_catalog(bad)
 
 
 @pytest.mark.parametrize(("stop_signal", "fault_args", "status", "faults_line"), [
@@ -203,8 +203,8 @@ def test_requests_are_counted_per_track_without_the_key(api: FakeApi) -> None:
     _get(api, artist="The Police", track="Roxanne")
     _get(api, mbid="b5a4f7a2-0000-4000-8000-000000000001")
     assert api.requests_per_track == {
-        fake_api.TrackRequest("The Police", "Roxanne", ""): 2,
-        fake_api.TrackRequest("", "", "b5a4f7a2-0000-4000-8000-000000000001"): 1,
+        TrackRequest("The Police", "Roxanne", ""): 2,
+        TrackRequest("", "", "b5a4f7a2-0000-4000-8000-000000000001"): 1,
     }
     assert KEY not in repr(api.requests_per_track)
 

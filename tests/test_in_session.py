@@ -218,8 +218,8 @@ def test_demo_scale_best_model_beats_both_user_baselines(tmp_path: Path) -> None
     """On demo-scale synthetic data the validation-picked model beats both user baselines at
     every checkpoint, each paired 95% interval of the MAE difference below zero."""
     from utils.baseline.summaries import summarize
-    from utils.data_processing.crawl import build_track_metadata
     from utils.data_processing.denormalize import denormalize
+    from utils.data_processing.track_metadata import build_track_metadata
     from utils.data_processing.tracks import build_unique_tracks
     from utils.models_with_clusters.in_session_results import run_in_session
     from utils.models_with_clusters.session_data import build_session_data

@@ -26,9 +26,10 @@ from utils.baseline.summaries import load_country_vocab, load_summaries, load_us
 from utils.core import columns as C
 from utils.core.config import CrawlParams, SessionParams, WorkLayout
 from utils.core.stage_io import MANIFEST
-from utils.data_processing.crawl import build_track_metadata
-from utils.data_processing.denormalize import USER_FILE, denormalize
-from utils.data_processing.raw_reader import read_profiles
+from utils.data_processing.denormalize import denormalize
+from utils.data_processing.denormalize_fields import USER_FILE
+from utils.data_processing.profile_reader import read_profiles
+from utils.data_processing.track_metadata import build_track_metadata
 from utils.data_processing.tracks import build_unique_tracks
 
 PROFILE_HEADER = "#id\tgender\tage\tcountry\tregistered"

@@ -14,25 +14,21 @@ from hypothesis import strategies as st
 
 from utils.core.columns import PLAYS_COLUMNS, PROFILE_COLUMNS, REJECTS_COLUMNS
 from utils.core.errors import SessionlenError
-from utils.data_processing import raw_reader
-from utils.data_processing.raw_reader import (
-    LINE_NUMBER,
-    read_plays,
-    read_plays_arrow,
-    read_profiles,
-)
+from utils.data_processing import plays_reader, raw_lines
+from utils.data_processing.plays_reader import LINE_NUMBER, read_plays, read_plays_arrow
+from utils.data_processing.profile_reader import read_profiles
 
 PLAYS_SAMPLE = "plays-excerpt.tsv"
 PROFILE_SAMPLE = "userid-profile.tsv"
 
 
 @pytest.fixture(scope="module")
-def plays(sample_dir: Path) -> raw_reader.ReadResult:
+def plays(sample_dir: Path) -> raw_lines.ReadResult:
     return read_plays(sample_dir / PLAYS_SAMPLE)
 
 
 @pytest.fixture(scope="module")
-def profiles(sample_dir: Path) -> raw_reader.ReadResult:
+def profiles(sample_dir: Path) -> raw_lines.ReadResult:
     return read_profiles(sample_dir / PROFILE_SAMPLE)
 
 
@@ -45,7 +41,7 @@ def _rejects(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"line": str}, keep_default_na=False)
 
 
-def test_plays_excerpt_counts(plays: raw_reader.ReadResult) -> None:
+def test_plays_excerpt_counts(plays: raw_lines.ReadResult) -> None:
     frame = plays.frame
     assert (plays.rows_in, plays.rows_rejected, plays.rejects_path) == (5000, 0, None)
     assert list(frame.columns) == [*PLAYS_COLUMNS, LINE_NUMBER]
@@ -62,7 +58,7 @@ def test_plays_excerpt_counts(plays: raw_reader.ReadResult) -> None:
     assert non_ascii.any(axis=1).sum() == 1076
 
 
-def test_plays_excerpt_types_and_first_rows(plays: raw_reader.ReadResult) -> None:
+def test_plays_excerpt_types_and_first_rows(plays: raw_lines.ReadResult) -> None:
     frame = plays.frame
     assert str(frame["timestamp"].dtype) == "datetime64[ms, UTC]"
     for column in ("user_id", "artist_mbid", "artist_name", "track_mbid", "track_name"):
@@ -94,7 +90,7 @@ def test_read_plays_arrow_carries_counts(sample_dir: Path) -> None:
     assert str(table.schema.field("timestamp").type) == "timestamp[ms, tz=UTC]"
 
 
-def test_profiles_real_file(profiles: raw_reader.ReadResult) -> None:
+def test_profiles_real_file(profiles: raw_lines.ReadResult) -> None:
     frame = profiles.frame
     assert (profiles.rows_in, profiles.rows_rejected, len(frame)) == (992, 0, 992)
     assert list(frame.columns) == PROFILE_COLUMNS
@@ -186,7 +182,7 @@ def test_chunk_boundaries_do_not_change_the_result(
     # No final newline: the last line still counts.
     path.write_bytes(b"\n".join(lines))
     whole = read_plays(path, tmp_path / "whole")
-    monkeypatch.setattr(raw_reader, "CHUNK_BYTES", 997)
+    monkeypatch.setattr(plays_reader, "CHUNK_BYTES", 997)
     chunked = read_plays(path, tmp_path / "chunked")
     pd.testing.assert_frame_equal(whole.frame, chunked.frame)
     assert whole.rows_in == chunked.rows_in == 300
@@ -195,7 +191,7 @@ def test_chunk_boundaries_do_not_change_the_result(
 
 
 def test_stale_rejects_file_is_removed(tmp_path: Path, sample_dir: Path) -> None:
-    stale = raw_reader.rejects_file(sample_dir / PLAYS_SAMPLE, tmp_path)
+    stale = raw_lines.rejects_file(sample_dir / PLAYS_SAMPLE, tmp_path)
     stale.write_text("line_number,reason,line\n1,old,old\n")
     result = read_plays(sample_dir / PLAYS_SAMPLE, tmp_path)
     assert result.rejects_path is None and not stale.exists()
@@ -222,7 +218,7 @@ def test_stale_rejects_file_is_removed(tmp_path: Path, sample_dir: Path) -> None
     ],
 )
 def test_timestamp_parser_is_strict(text: bytes, expected_ms: int | None) -> None:
-    ms, ok = raw_reader.parse_timestamp_text(np.frombuffer(text, dtype=np.uint8).reshape(1, -1))
+    ms, ok = plays_reader.parse_timestamp_text(np.frombuffer(text, dtype=np.uint8).reshape(1, -1))
     assert bool(ok[0]) == (expected_ms is not None)
     if expected_ms is not None:
         assert ms[0] == expected_ms

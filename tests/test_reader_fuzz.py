@@ -29,10 +29,11 @@ from utils.core.config import CrawlParams, WorkLayout
 from utils.core.errors import SessionlenError
 from utils.core.stage_io import MANIFEST
 from utils.core.work_lock import LOCK_DIR
-from utils.data_processing import raw_reader
-from utils.data_processing.crawl import build_track_metadata
+from utils.data_processing import plays_reader, raw_lines
 from utils.data_processing.denormalize import denormalize
-from utils.data_processing.raw_reader import LINE_NUMBER, REASONS, read_plays
+from utils.data_processing.plays_reader import LINE_NUMBER, read_plays
+from utils.data_processing.raw_lines import REASONS
+from utils.data_processing.track_metadata import build_track_metadata
 from utils.data_processing.tracks import build_unique_tracks
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def _insert_between_characters(text: bytes, rng: random.Random, piece: bytes) ->
 def missing_fields(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
     """Drop 1 to 5 fields (never the user id: a line of one empty field would be empty)."""
     keep = [0, *sorted(rng.sample(range(1, N_FIELDS), rng.randint(0, N_FIELDS - 2)))]
-    return _join([fields[i] for i in keep]), reason(raw_reader.FIELD_COUNT, len(keep))
+    return _join([fields[i] for i in keep]), reason(raw_lines.FIELD_COUNT, len(keep))
 
 
 def embedded_tab(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
@@ -88,7 +89,7 @@ def embedded_tab(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | 
     value = fields[index]
     for _ in range(tabs):
         value = _insert(value, rng, b"\t")
-    return _join(_with_field(fields, index, value)), reason(raw_reader.FIELD_COUNT, N_FIELDS + tabs)
+    return _join(_with_field(fields, index, value)), reason(raw_lines.FIELD_COUNT, N_FIELDS + tabs)
 
 
 BAD_TIMESTAMPS: list[Callable[[bytes], bytes]] = [
@@ -118,7 +119,7 @@ BAD_TIMESTAMPS: list[Callable[[bytes], bytes]] = [
 def bad_timestamp(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
     """A timestamp off the strict YYYY-MM-DDTHH:MM:SSZ form or off the calendar."""
     stamp = rng.choice(BAD_TIMESTAMPS)(fields[1])
-    return _join(_with_field(fields, 1, stamp)), reason(raw_reader.BAD_TIMESTAMP)
+    return _join(_with_field(fields, 1, stamp)), reason(raw_lines.BAD_TIMESTAMP)
 
 
 BROKEN_UTF8 = [b"\xff", b"\xfe\xff", b"\x80", b"\xc3", b"\xe5\x9d", b"\xf0\x9f\x98",
@@ -131,10 +132,10 @@ def invalid_utf8(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | 
     leads = [i for i, b in enumerate(line) if b >= 0xC0]
     if leads and rng.random() < 0.5:
         cut = rng.choice(leads) + 1
-        return line[:cut] + line[cut + 1:], reason(raw_reader.INVALID_UTF8)
+        return line[:cut] + line[cut + 1:], reason(raw_lines.INVALID_UTF8)
     index = rng.randrange(N_FIELDS)
     value = _insert(fields[index], rng, rng.choice(BROKEN_UTF8))
-    return _join(_with_field(fields, index, value)), reason(raw_reader.INVALID_UTF8)
+    return _join(_with_field(fields, index, value)), reason(raw_lines.INVALID_UTF8)
 
 
 def carriage_return(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
@@ -149,12 +150,12 @@ def carriage_return(fields: list[bytes], rng: random.Random) -> tuple[bytes, str
         tabs = [i for i, b in enumerate(line) if b == 9]
         at = rng.choice(tabs)
         damaged = line[:at] + b"\r" + line[at + 1:]
-    return damaged, reason(raw_reader.CARRIAGE_RETURN)
+    return damaged, reason(raw_lines.CARRIAGE_RETURN)
 
 
 def empty_line(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
     """The line's text gone, its newline kept."""
-    return b"", reason(raw_reader.EMPTY_LINE)
+    return b"", reason(raw_lines.EMPTY_LINE)
 
 
 ESCAPING_USER_IDS = [
@@ -169,23 +170,23 @@ ESCAPING_USER_IDS = [
 def bad_user_id(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
     """A user id that is no safe folder name: slashes, dots, NUL, spaces, non-ASCII, empty."""
     user = rng.choice(ESCAPING_USER_IDS)
-    return _join(_with_field(fields, 0, user)), reason(raw_reader.BAD_USER_ID)
+    return _join(_with_field(fields, 0, user)), reason(raw_lines.BAD_USER_ID)
 
 
 def empty_artist(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
-    return _join(_with_field(fields, 3, b"")), reason(raw_reader.EMPTY_ARTIST)
+    return _join(_with_field(fields, 3, b"")), reason(raw_lines.EMPTY_ARTIST)
 
 
 def empty_track(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
-    return _join(_with_field(fields, 5, b"")), reason(raw_reader.EMPTY_TRACK)
+    return _join(_with_field(fields, 5, b"")), reason(raw_lines.EMPTY_TRACK)
 
 
 def huge_invalid(fields: list[bytes], rng: random.Random) -> tuple[bytes, str | None]:
     """A 1 MB field in a line that is wrong anyway: an extra field, or a 1 MB path as user id."""
     if rng.random() < 0.5:
-        return _join([*fields, b"x" * HUGE]), reason(raw_reader.FIELD_COUNT, N_FIELDS + 1)
+        return _join([*fields, b"x" * HUGE]), reason(raw_lines.FIELD_COUNT, N_FIELDS + 1)
     user = b"../" * (HUGE // 3)
-    return _join(_with_field(fields, 0, user)), reason(raw_reader.BAD_USER_ID)
+    return _join(_with_field(fields, 0, user)), reason(raw_lines.BAD_USER_ID)
 
 
 # --- mutations the reader must keep, byte for byte ---------------------------------------------
@@ -438,7 +439,7 @@ def test_corpus_chunk_boundaries_do_not_matter(
     path = tmp_path / C.PLAYS_FILE
     path.write_bytes(corpus.data(final_newline=False))
     whole = read_plays(path, tmp_path / "whole")
-    monkeypatch.setattr(raw_reader, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(plays_reader, "CHUNK_BYTES", chunk_bytes)
     chunked = read_plays(path, tmp_path / "chunked")
     assert (chunked.rows_in, chunked.rows_rejected) == (whole.rows_in, whole.rows_rejected)
     pd.testing.assert_frame_equal(chunked.frame, whole.frame)
@@ -499,25 +500,25 @@ def verdict(line: bytes) -> tuple[int, int]:
     """The reason code the format's rules give a line (0 = keep), and its field count."""
     fields = line.split(b"\t")
     if not line:
-        return raw_reader.EMPTY_LINE, 1
+        return raw_lines.EMPTY_LINE, 1
     if b"\r" in line:
-        return raw_reader.CARRIAGE_RETURN, len(fields)
+        return raw_lines.CARRIAGE_RETURN, len(fields)
     if len(fields) != N_FIELDS:
-        return raw_reader.FIELD_COUNT, len(fields)
+        return raw_lines.FIELD_COUNT, len(fields)
     try:
         line.decode("utf-8")
     except UnicodeDecodeError:
-        return raw_reader.INVALID_UTF8, N_FIELDS
+        return raw_lines.INVALID_UTF8, N_FIELDS
     user = fields[0].decode()
     if not FOLDER_SAFE.fullmatch(user):
-        return raw_reader.BAD_USER_ID, N_FIELDS
+        return raw_lines.BAD_USER_ID, N_FIELDS
     if stamp_ms(fields[1]) is None:
-        return raw_reader.BAD_TIMESTAMP, N_FIELDS
+        return raw_lines.BAD_TIMESTAMP, N_FIELDS
     if not fields[3]:
-        return raw_reader.EMPTY_ARTIST, N_FIELDS
+        return raw_lines.EMPTY_ARTIST, N_FIELDS
     if not fields[5]:
-        return raw_reader.EMPTY_TRACK, N_FIELDS
-    return raw_reader.OK, N_FIELDS
+        return raw_lines.EMPTY_TRACK, N_FIELDS
+    return raw_lines.OK, N_FIELDS
 
 
 def file_lines(data: bytes) -> list[bytes]:
@@ -591,11 +592,11 @@ def test_property_reader_matches_the_rules_on_damaged_real_lines(
     if 2 * len(rejected) > len(lines):
         with pytest.raises(SessionlenError, match="not a Last.fm 1K plays file"):
             read_plays(path, folder)
-        assert not raw_reader.rejects_file(path, folder).exists()
+        assert not raw_lines.rejects_file(path, folder).exists()
         return
     results = [read_plays(path, folder / "default")]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(raw_reader, "CHUNK_BYTES", chunk_bytes)
+        patch.setattr(plays_reader, "CHUNK_BYTES", chunk_bytes)
         results.append(read_plays(path, folder / "chunked"))
     kept = [(n, line) for n, ((code, _), line) in enumerate(zip(verdicts, lines, strict=True),
                                                            start=1) if not code]

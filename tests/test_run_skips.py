@@ -30,8 +30,8 @@ from utils.core.config import (
 from utils.core.errors import DatasetTooSmallError, SessionlenError, WorkBusyError
 from utils.core.results import load_experiments
 from utils.core.skips import SkipNote, read_skips
-from utils.data_processing.crawl import build_track_metadata
 from utils.data_processing.denormalize import denormalize
+from utils.data_processing.track_metadata import build_track_metadata
 from utils.data_processing.tracks import build_unique_tracks
 from utils.models_with_clusters.profiles import build_user_profiles
 from utils.models_with_clusters.session_data import build_session_data

@@ -34,7 +34,7 @@ import requests
 from utils.core.columns import PLAYS_FILE
 from utils.core.config import PROJECT_ROOT, CrawlParams, WorkLayout
 from utils.core.errors import ApiKeyError, SessionlenError
-from utils.data_processing import crawl
+from utils.data_processing import crawl, track_metadata
 from utils.data_processing import lastfm_client as client
 from utils.data_processing.tracks import build_unique_tracks, read_unique_tracks
 from utils.synthetic.fake_api import FaultConfig, start_server
@@ -233,7 +233,7 @@ def test_a_crawl_through_every_kind_of_error_leaves_the_key_nowhere(
 
     def crawl_into(name: str, api_url: str, params: CrawlParams = ERROR_PARAMS) -> dict[str, Any]:
         work = fresh_work(dataset, tmp_path / name)
-        summaries[name] = crawl.build_track_metadata(work, params, KEY, api_url,
+        summaries[name] = track_metadata.build_track_metadata(work, params, KEY, api_url,
                                                      retry=QUICK_RETRY, progress=False)
         return summaries[name]
 

@@ -27,7 +27,8 @@ from utils.core.columns import (
 )
 from utils.core.config import SESSION_GAP_MINUTES
 from utils.core.errors import SessionlenError
-from utils.data_processing.raw_reader import read_plays, read_profiles
+from utils.data_processing.plays_reader import read_plays
+from utils.data_processing.profile_reader import read_profiles
 from utils.synthetic.catalog import InverseCdf
 from utils.synthetic.generate import format_calibration, generate_dataset
 from utils.synthetic.names import make_unique, uuids

@@ -16,7 +16,8 @@ from utils.cli import main
 from utils.core import config
 from utils.core.columns import GROUND_TRUTH, GT_MEDIAN, GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
 from utils.core.errors import SessionlenError
-from utils.data_processing.raw_reader import read_plays, read_profiles
+from utils.data_processing.plays_reader import read_plays
+from utils.data_processing.profile_reader import read_profiles
 from utils.synthetic.generate import MECHANICS, generate_dataset
 from utils.synthetic.sessions import DATA_START_S, DAY_S, MAX_LENGTH_S, scale_history
 from utils.synthetic.truth import law_columns

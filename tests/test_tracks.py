@@ -17,12 +17,12 @@ from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError, StageIncompleteError
 from utils.core.stage_io import MANIFEST, require_stage, write_manifest
+from utils.data_processing.track_rules import name_key
 from utils.data_processing.tracks import (
     build_unique_tracks,
     encode_keys,
     group_medians,
     most_frequent,
-    name_key,
     play_order,
     read_unique_tracks,
 )

@@ -28,8 +28,8 @@ from utils.core import columns as C
 from utils.core.config import PROJECT_ROOT, CrawlParams, WorkLayout
 from utils.core.results import load_experiments
 from utils.core.work_lock import COMMAND_ENV, holder_path, read_holder, stage_lock
-from utils.data_processing.crawl import build_track_metadata
 from utils.data_processing.denormalize import denormalize
+from utils.data_processing.track_metadata import build_track_metadata
 from utils.data_processing.tracks import build_unique_tracks
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -212,10 +212,10 @@ def test_concurrent_record_steps_keep_every_row_once(tmp_path: Path) -> None:
 CRAWL_SCRIPT = """
 import sys
 import pandas as pd
-from utils.data_processing import crawl
+from utils.data_processing import crawl, crawl_cache
 from utils.core.config import CrawlParams
 todo = pd.read_csv(sys.argv[2], dtype=str, keep_default_na=False)
-with crawl.TrackCache(sys.argv[1]) as cache:
+with crawl_cache.TrackCache(sys.argv[1]) as cache:
     crawl.crawl_tracks(todo, cache, api_key=sys.argv[3], api_url=sys.argv[4],
                        params=CrawlParams(rate=300.0, concurrency=4), progress=False)
 """

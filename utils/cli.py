@@ -99,7 +99,11 @@ def cmd_tracks(args: argparse.Namespace) -> None:
 
 
 def cmd_metadata(args: argparse.Namespace) -> None:
-    from utils.data_processing.crawl import api_key_from_env, api_url_from_env, build_track_metadata
+    from utils.data_processing.track_metadata import (
+        api_key_from_env,
+        api_url_from_env,
+        build_track_metadata,
+    )
 
     params = config.CrawlParams(rate=args.rate, limit=args.limit, concurrency=args.concurrency,
                                 timeout_s=args.timeout, max_retries=args.max_retries)

@@ -22,7 +22,7 @@ from utils.core.arrow_memory import prefer_jemalloc
 from utils.core.civil_dates import iso_utc_text
 from utils.core.csv_text import concat, header_line, line_block, quote_minimal
 from utils.core.parallel import in_order, worker_count
-from utils.data_processing.denormalize import (
+from utils.data_processing.denormalize_fields import (
     COUNTRY_TEXT,
     DURATION_TEXT,
     GENDER_TEXT,
@@ -34,7 +34,7 @@ from utils.data_processing.denormalize import (
     play_ages,
     take_rows,
 )
-from utils.data_processing.raw_reader import read_plays_arrow
+from utils.data_processing.plays_reader import read_plays_arrow
 from utils.data_processing.tracks import (
     distinct_keys,
     encode,

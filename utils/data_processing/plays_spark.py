@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from utils.core import columns as C
+from utils.core.civil_dates import SECONDS_PER_DAY
 from utils.core.config import USER_ID_PATTERN
-from utils.data_processing import raw_reader as rr
-from utils.data_processing.denormalize import SECONDS_PER_DAY
+from utils.data_processing import plays_reader as pr
+from utils.data_processing import raw_lines as rl
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -91,7 +92,7 @@ def _timestamp_checks(stamp: Column) -> tuple[Column, Column, Column]:
 
     date = F.make_date(number(1, 4), number(6, 2), number(9, 2))
     hour, minute, second = number(12, 2), number(15, 2), number(18, 2)
-    valid = ((F.octet_length(stamp) == rr.TIMESTAMP_WIDTH) & stamp.rlike(TIMESTAMP_SHAPE)
+    valid = ((F.octet_length(stamp) == pr.TIMESTAMP_WIDTH) & stamp.rlike(TIMESTAMP_SHAPE)
              & date.isNotNull() & (hour < 24) & (minute < 60) & (second < 60))
     seconds = (F.unix_date(date).cast("long") * SECONDS_PER_DAY + hour * 3600 + minute * 60
                + second)
@@ -118,22 +119,22 @@ def classify_lines(lines: DataFrame) -> DataFrame:
     stamp_ok, seconds, calendar_ok = _timestamp_checks(stamp)
     plain = value.rlike(PLAIN_LINE) & F.is_valid_utf8(value) & calendar_ok
     code = (
-        F.when(plain, rr.OK)
-        .when(value == "", rr.EMPTY_LINE)
-        .when(F.instr(value, "\r") > 0, rr.CARRIAGE_RETURN)
-        .when(F.col("n_fields") != len(C.PLAYS_COLUMNS), rr.FIELD_COUNT)
-        .when(~F.is_valid_utf8(value), rr.INVALID_UTF8)
-        .when(~user.rlike(SPARK_USER_ID_PATTERN), rr.BAD_USER_ID)
-        .when(~stamp_ok, rr.BAD_TIMESTAMP)
-        .when(F.octet_length(artist) == 0, rr.EMPTY_ARTIST)
-        .when(F.octet_length(track) == 0, rr.EMPTY_TRACK)
-        .otherwise(rr.OK)
+        F.when(plain, rl.OK)
+        .when(value == "", rl.EMPTY_LINE)
+        .when(F.instr(value, "\r") > 0, rl.CARRIAGE_RETURN)
+        .when(F.col("n_fields") != len(C.PLAYS_COLUMNS), rl.FIELD_COUNT)
+        .when(~F.is_valid_utf8(value), rl.INVALID_UTF8)
+        .when(~user.rlike(SPARK_USER_ID_PATTERN), rl.BAD_USER_ID)
+        .when(~stamp_ok, rl.BAD_TIMESTAMP)
+        .when(F.octet_length(artist) == 0, rl.EMPTY_ARTIST)
+        .when(F.octet_length(track) == 0, rl.EMPTY_TRACK)
+        .otherwise(rl.OK)
     )
     checked = split.select("*", code.alias("code"), seconds.alias(TS_S))
     return checked.select(
         *keep, "code", "n_fields",
         # Only a rejected line's raw bytes are kept, for the rejects file.
-        F.when(F.col("code") != rr.OK, value.cast("binary")).alias("raw"),
+        F.when(F.col("code") != rl.OK, value.cast("binary")).alias("raw"),
         user.alias(C.USER_ID), stamp.alias(TS_TEXT), TS_S,
         F.nullif("f2", F.lit("")).alias(C.ARTIST_MBID), artist.alias(C.ARTIST_NAME),
         F.nullif("f4", F.lit("")).alias(C.TRACK_MBID), track.alias(C.TRACK_NAME),
@@ -148,16 +149,16 @@ def read_plays_spark(spark: SparkSession, path: Path) -> SparkPlays:
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    head = rr.parse_plays_chunk(rr.read_head(path, rr.SNIFF_BYTES))
-    rr.check_not_empty(path, "plays", rr.PLAYS_EXPECTED, head.n_lines)
-    rr.check_mostly_valid(path, "plays", rr.PLAYS_EXPECTED, head.n_lines, head.rejects,
+    head = pr.parse_plays_chunk(pr.read_head(path, pr.SNIFF_BYTES))
+    rl.check_not_empty(path, "plays", pr.PLAYS_EXPECTED, head.n_lines)
+    rl.check_mostly_valid(path, "plays", pr.PLAYS_EXPECTED, head.n_lines, head.rejects,
                            scope=" at the start of the file")
     lines = Observation("plays_lines")
     rejected = F.struct(PART, ROW_ID, "code", "n_fields", "raw")
     observed = classify_lines(numbered_text(spark, path)).observe(
         lines, F.count(F.lit(1)).alias(ROWS_IN),
-        F.collect_list(F.when(F.col("code") != rr.OK, rejected)).alias(REJECTS))
-    kept = observed.where(F.col("code") == rr.OK).drop("code", "n_fields", "raw")
+        F.collect_list(F.when(F.col("code") != rl.OK, rejected)).alias(REJECTS))
+    kept = observed.where(F.col("code") == rl.OK).drop("code", "n_fields", "raw")
     return SparkPlays(path, kept, lines)
 
 
@@ -172,16 +173,16 @@ def partition_offsets(spark: SparkSession, path: Path) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
 
 
-def _rejects(rows: list[Any], offsets: np.ndarray) -> rr.Rejects:
+def _rejects(rows: list[Any], offsets: np.ndarray) -> rl.Rejects:
     """The rejected lines in file order, with the reader's reasons and leniently decoded text."""
     parts = np.array([r[PART] for r in rows], dtype=np.int64)
     local = np.array([r[ROW_ID] for r in rows], dtype=np.int64) - (parts << ROW_BITS)
     numbers = offsets[parts] + local + 1
     order = np.argsort(numbers, kind="stable").tolist()
-    reasons = [rr.REASONS[rows[i]["code"]].format(expected=len(C.PLAYS_COLUMNS),
+    reasons = [rl.REASONS[rows[i]["code"]].format(expected=len(C.PLAYS_COLUMNS),
                                                   got=rows[i]["n_fields"]) for i in order]
     lines = [bytes(rows[i]["raw"]).decode("utf-8", errors="replace") for i in order]
-    return rr.Rejects(numbers[order].astype(np.int64), reasons, lines)
+    return rl.Rejects(numbers[order].astype(np.int64), reasons, lines)
 
 
 def account_lines(spark: SparkSession, plays: SparkPlays, rejects_dir: Path) -> dict[str, Any]:
@@ -192,7 +193,7 @@ def account_lines(spark: SparkSession, plays: SparkPlays, rejects_dir: Path) -> 
     # Line numbers need the lines before each partition: counted only when some are rejected.
     offsets = partition_offsets(spark, plays.path) if rows else np.zeros(1, np.int64)
     rejects = _rejects(rows, offsets)
-    rr.check_mostly_valid(plays.path, "plays", rr.PLAYS_EXPECTED, rows_in, rejects)
-    target = rr.write_rejects(plays.path, rejects_dir, rejects)
+    rl.check_mostly_valid(plays.path, "plays", pr.PLAYS_EXPECTED, rows_in, rejects)
+    target = rl.write_rejects(plays.path, rejects_dir, rejects)
     return {"rows_in": rows_in, "rows_rejected": len(rejects.line_numbers),
             "rejects_path": str(target) if target else None}

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from utils.core import columns as C
+from utils.core.civil_dates import SECONDS_PER_DAY
 from utils.core.csv_text import NEEDS_QUOTING, header_line
 from utils.core.spark import get_spark
-from utils.data_processing.denormalize import (
+from utils.data_processing.denormalize_fields import (
     COUNTRY_TEXT,
     DURATION_TEXT,
     GENDER_TEXT,
@@ -34,11 +35,10 @@ from utils.data_processing.denormalize import (
     REGISTERED_DAY_KEY,
     REGISTERED_TEXT,
     REGISTERED_YEAR,
-    SECONDS_PER_DAY,
     USER_FILE,
 )
 from utils.data_processing.plays_spark import ROW_ID, TS_S, TS_TEXT, account_lines, read_plays_spark
-from utils.data_processing.tracks import MAX_IN_SESSION_GAP_S
+from utils.data_processing.track_rules import MAX_IN_SESSION_GAP_S
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -60,7 +60,7 @@ def spark_session(master: str | None) -> SparkSession:
 
 
 def name_key(name: Column) -> Column:
-    """Spark twin of tracks.name_key: strip Python's whitespace, then lower-case."""
+    """Spark twin of track_rules.name_key: strip Python's whitespace, then lower-case."""
     from pyspark.sql import functions as F
 
     return F.lower(F.trim(name, F.lit(PYTHON_WHITESPACE)))
@@ -195,7 +195,7 @@ def spark_unique_tracks(plays_path: Path, rejects_dir: Path, spark_master: str |
 
 
 def _play_years(stamp: Column, reg_year: Column, reg_key: Column) -> Column:
-    """Spark twin of denormalize.whole_years, from the play's timestamp text."""
+    """Spark twin of denormalize_fields.whole_years, from the play's timestamp text."""
     from pyspark.sql import functions as F
 
     def number(start: int, length: int) -> Column:

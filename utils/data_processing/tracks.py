@@ -24,19 +24,12 @@ from utils.core.errors import SessionlenError
 from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, write_manifest
 from utils.core.work_lock import locked_stage
+from utils.data_processing.track_rules import MAX_IN_SESSION_GAP_S, name_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# A gap to the same user's next play counts as evidence of the track's duration when the next
-# play starts within this many seconds (the play fits inside a session).
-MAX_IN_SESSION_GAP_S = 30 * 60
 ENGINES = ("local", "spark")
-
-
-def name_key(name: str) -> str:
-    """The join key of a name: surrounding whitespace stripped, lower-cased."""
-    return name.strip().lower()
 
 
 def check_engine(engine: str) -> None:
@@ -239,7 +232,7 @@ def read_counts(table: pa.Table) -> dict[str, Any]:
 
 def _local_unique_tracks(plays_path: Path, rejects_dir: Path) -> tuple[pa.Table, dict[str, Any]]:
     """Local engine: the unique-tracks table and the reader's line accounting."""
-    from utils.data_processing.raw_reader import read_plays_arrow
+    from utils.data_processing.plays_reader import read_plays_arrow
 
     plays = read_plays_arrow(plays_path, rejects_dir)
     return unique_tracks_table(plays), read_counts(plays)
