@@ -14,6 +14,7 @@ import requests
 from utils.core.columns import GT_TRACKS_COLUMNS
 from utils.core.errors import SessionlenError
 from utils.data_processing import lastfm_client as client
+from utils.data_processing.track_rules import name_key
 from utils.synthetic.fake_api import FakeApi, FaultConfig, start_server
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -123,7 +124,7 @@ def test_scrub_key_removes_the_key_everywhere() -> None:
 def test_normalize_names_matches_the_join_keys() -> None:
     names = pd.Series(["  The Police ", "BJÖRK", None])
     assert client.normalize_names(names).tolist() == ["the police", "björk", ""]
-    assert client.normalize_name(" Roxanne\t") == "roxanne"
+    assert name_key(" Roxanne\t") == "roxanne"
 
 
 @pytest.fixture()

@@ -21,6 +21,7 @@ import requests
 import urllib3
 
 from utils.core.errors import SessionlenError
+from utils.data_processing.track_rules import name_key
 
 METHOD = "track.getInfo"
 NOT_FOUND = 6
@@ -74,20 +75,15 @@ class Attempt:
     reason: str = ""
 
 
-def normalize_name(name: str) -> str:
-    """The join key of a name: stripped and lower-cased."""
-    return name.strip().lower()
-
-
 def normalize_names(names: pd.Series) -> pd.Series:
-    """`normalize_name` over a column (missing values become empty strings).
+    """`track_rules.name_key` over a column (missing values become empty strings).
 
     Python's own strip/lower run once per distinct name, so the keys match the tracks stage's
     exactly (vectorized Unicode lower-casing differs on a few characters).
     """
     names = names.fillna("").astype(str)
     distinct = names.unique()
-    return names.map(dict(zip(distinct, map(normalize_name, distinct), strict=True)))
+    return names.map(dict(zip(distinct, map(name_key, distinct), strict=True)))
 
 
 def scrub_key(text: str, api_key: str | None = None) -> str:

@@ -18,7 +18,8 @@ import pandas as pd
 
 from utils.core.columns import ARTIST_MBID, ARTIST_NAME, GT_TRACKS_COLUMNS, TRACK_MBID, TRACK_NAME
 from utils.core.errors import SessionlenError
-from utils.data_processing.lastfm_client import GENRE_SEPARATOR, normalize_name
+from utils.data_processing.lastfm_client import GENRE_SEPARATOR
+from utils.data_processing.track_rules import name_key
 
 ERROR_MESSAGES = {
     3: "Invalid Method - No method with that name in this package",
@@ -49,7 +50,7 @@ class Catalog:
         self.by_names: dict[tuple[str, str], CatalogTrack] = {}
         self.by_mbid: dict[str, CatalogTrack] = {}
         for t in tracks:
-            self.by_names.setdefault((normalize_name(t.artist), normalize_name(t.track)), t)
+            self.by_names.setdefault((name_key(t.artist), name_key(t.track)), t)
             if t.track_mbid:
                 self.by_mbid.setdefault(t.track_mbid.lower(), t)
 
@@ -60,7 +61,7 @@ class Catalog:
         """The entry for a request: by MBID when given (as Last.fm does), else by names."""
         if mbid.strip():
             return self.by_mbid.get(mbid.strip().lower())
-        return self.by_names.get((normalize_name(artist), normalize_name(track)))
+        return self.by_names.get((name_key(artist), name_key(track)))
 
 
 def load_catalog(path: Path) -> Catalog:
