@@ -9,25 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.baseline.summaries import (
-    LENGTH_MS,
-    PLAYS,
-    SOURCE_ID,
+from utils.baseline.session_table import LENGTH_MS, PLAYS, SOURCE_ID, sessionize
+from utils.baseline.summaries import summarize
+from utils.baseline.summary_dir import (
     SUMMARY_OUTPUTS,
-    fit_country_vocab,
     load_country_vocab,
     load_summaries,
     load_user_ids,
-    plot_session_lengths,
-    read_plays,
-    sessionize,
-    split_overview,
-    summarize,
-    threshold_sensitivity,
-    user_files,
-    user_id_mapping,
-    write_summaries,
 )
+from utils.baseline.summary_views import plot_session_lengths, split_overview, threshold_sensitivity
+from utils.baseline.summary_writer import fit_country_vocab, user_id_mapping, write_summaries
+from utils.baseline.user_plays import read_plays, user_files
 from utils.core.columns import (
     AVERAGE_SESSION_LENGTH,
     COUNTRY,

@@ -28,7 +28,7 @@ from utils.baseline.baselines import (
     ORACLE,
     oracle_predictions,
 )
-from utils.baseline.summaries import load_user_ids
+from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
 from utils.core import evaluation
 from utils.core.errors import SessionlenError

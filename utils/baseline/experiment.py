@@ -27,7 +27,7 @@ from utils.baseline.boosting import (
 )
 from utils.baseline.features import FeatureSet, build_feature_set
 from utils.baseline.splits import split_minimum
-from utils.baseline.summaries import load_summaries, load_user_ids
+from utils.baseline.summary_dir import load_summaries, load_user_ids
 from utils.core import columns as C
 from utils.core import evaluation, plots
 from utils.core.config import ModelParams, WorkLayout

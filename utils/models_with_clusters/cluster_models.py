@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from utils.baseline import experiment
 from utils.baseline.boosting import BoostingSettings
 from utils.baseline.features import FeatureSet, TargetScaler, tabular_features
-from utils.baseline.summaries import load_user_ids
+from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
 from utils.core import plots
 from utils.core.config import ClusterParams, ModelParams, WorkLayout

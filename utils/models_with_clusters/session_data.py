@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from utils.baseline import summaries
+from utils.baseline import user_plays as summaries
 from utils.baseline.sessions import session_lengths, session_starts
 from utils.core import columns as C
 from utils.core.config import WorkLayout

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from utils.baseline import summaries
+from utils.baseline import summary_dir as summaries
 from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError
