@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.baseline import experiment
 from utils.baseline.boosting import BoostingSettings
+from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import TargetScaler, build_feature_set
 from utils.core import columns as C
 from utils.core.config import ClusterParams, ModelParams, WorkLayout
@@ -63,7 +63,7 @@ def _run(params: ClusterParams, tmp_path: Path) -> cm.ClusterExperiment:
     """A cluster experiment on the hand-made summaries with fixed labels."""
     splits = _splits(LEVELS)
     features = build_feature_set(splits, sequence_length=3, peer_groups=0)
-    base = experiment.Experiment(tmp_path, features, splits)
+    base = Experiment(tmp_path, features, splits)
     labels = LABELS.copy()
     labels.attrs = {"clusters": 3, "chosen_by": "given"}
     groups = cm.row_clusters(features.sessions[C.USER_ID].to_numpy(), labels)
@@ -80,7 +80,7 @@ def _baselines(run: cm.ClusterExperiment) -> None:
     validate = naive_predictions(train, run.features.role_frame("validate"))
     test = naive_predictions(train, run.features.role_frame("test"))
     for name in BASELINES[:4]:
-        run.base.results.append(experiment.ModelResult(
+        run.base.results.append(ModelResult(
             name, "baseline", {}, validate[name].to_numpy(np.float64),
             test[name].to_numpy(np.float64)))
 

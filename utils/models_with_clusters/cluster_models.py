@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 
 from utils.baseline import experiment
 from utils.baseline.boosting import BoostingSettings
+from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, TargetScaler, tabular_features
 from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
@@ -186,7 +187,7 @@ def fit_predict_network(name: str, features: FeatureSet, target: np.ndarray,
 class ClusterExperiment:
     """The state notebook 5 carries from step to step."""
 
-    base: experiment.Experiment
+    base: Experiment
     params: ClusterParams
     model: str
     labels: pd.Series
@@ -275,7 +276,7 @@ def _role_split(run: ClusterExperiment, values: np.ndarray) -> tuple[np.ndarray,
 
 
 def train_global(run: ClusterExperiment, settings: BoostingSettings, net: ModelParams,
-                 log: Callable[[str], None] = print) -> experiment.ModelResult:
+                 log: Callable[[str], None] = print) -> ModelResult:
     """The global model: every train session, scored on every validation and test row."""
     features, rows = run.features, run.features.rows
     groups = np.full(len(features.lengths_s), GLOBAL)
@@ -288,7 +289,7 @@ def train_global(run: ClusterExperiment, settings: BoostingSettings, net: ModelP
                               groups[scored], scalers)
     seconds = time.perf_counter() - started
     log(f"global {run.model}: {seconds:.1f} s")
-    result = experiment.ModelResult(
+    result = ModelResult(
         f"global_{run.model}", _kind(run.model),
         {**_model_params(run, settings, net), "standardize": run.params.standardize},
         *_role_split(run, predicted), seconds)
@@ -296,9 +297,9 @@ def train_global(run: ClusterExperiment, settings: BoostingSettings, net: ModelP
     return result
 
 
-def train_per_cluster(run: ClusterExperiment, global_model: experiment.ModelResult,
+def train_per_cluster(run: ClusterExperiment, global_model: ModelResult,
                       settings: BoostingSettings, net: ModelParams,
-                      log: Callable[[str], None] = print) -> experiment.ModelResult:
+                      log: Callable[[str], None] = print) -> ModelResult:
     """One model per trainable cluster; the global model's predictions for every other row."""
     features, rows = run.features, run.features.rows
     serving = run.serving_groups()
@@ -316,7 +317,7 @@ def train_per_cluster(run: ClusterExperiment, global_model: experiment.ModelResu
         predicted[mine] = unstandardize(standardized, scored_groups[mine], scalers)
         log(f"cluster {cluster}: {len(own['train'])} train, {len(own['test'])} test sessions")
     seconds = time.perf_counter() - started
-    result = experiment.ModelResult(
+    result = ModelResult(
         f"cluster_{run.model}", _kind(run.model),
         {**_model_params(run, settings, net), **cluster_settings(run, scalers)},
         *_role_split(run, predicted), seconds)
