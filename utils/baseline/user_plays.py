@@ -84,7 +84,7 @@ def file_types(columns: Mapping[str, pa.DataType]) -> dict[str, pa.DataType]:
     """CHECKED_TYPES and `columns` (checked columns keep their types), in header order."""
     unknown = sorted(set(columns) - set(USER_DIR_COLUMNS))
     if unknown:
-        raise ValueError(f"not user_dir columns: {', '.join(unknown)}")
+        raise SessionlenError(f"not user_dir columns: {', '.join(unknown)}")
     types = {**columns, **CHECKED_TYPES}
     return {name: types[name] for name in USER_DIR_COLUMNS if name in types}
 
