@@ -102,7 +102,7 @@ def peer_duckdb(user_dir: str) -> dict[str, Any]:
     """DuckDB's sessions of every user_dir file (the file listing is not timed)."""
     from peers import duckdb_sessions
 
-    from utils.baseline.summaries import user_files
+    from utils.baseline.user_plays import user_files
 
     files = [p for paths in user_files(Path(user_dir)).values() for p in paths]
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def peer_row_loop(user_dir: str, out: str, min_plays: str, seed: str) -> dict[st
     """The row loop on a seeded subset of users (choosing and counting them is not timed)."""
     from peers import choose_users, row_loop_summaries
 
-    from utils.baseline.summaries import user_files
+    from utils.baseline.user_plays import user_files
 
     users, plays = choose_users(user_files(Path(user_dir)), int(min_plays), int(seed))
     started = time.perf_counter()

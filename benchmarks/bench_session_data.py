@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.csv as pacsv
 
-from utils.baseline.summaries import user_files
+from utils.baseline.user_plays import user_files
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError
 from utils.core.stage_io import require_stage

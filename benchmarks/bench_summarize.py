@@ -24,7 +24,10 @@ from pathlib import Path
 import pandas as pd
 from peers import duckdb_sessions
 
-from utils.baseline.summaries import LENGTH_MS, load_summaries, summarize, user_files
+from utils.baseline.session_table import LENGTH_MS
+from utils.baseline.summaries import summarize
+from utils.baseline.summary_dir import load_summaries
+from utils.baseline.user_plays import user_files
 from utils.core.config import SessionParams, WorkLayout
 from utils.core.stage_io import MANIFEST, require_stage
 

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from utils.baseline.boosting import BoostingSettings, fit_lightgbm
-from utils.baseline.experiment import Experiment, start_experiment
+from utils.baseline.experiment import start_experiment
+from utils.baseline.experiment_state import Experiment
 from utils.baseline.models import NETWORKS, fit_network
 from utils.core.config import ModelParams
 from utils.core.errors import SessionlenError

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from utils.baseline.baselines import BASELINES, ORACLE, baseline_predictions
-from utils.baseline.summaries import SOURCE_ID
+from utils.baseline.session_table import SOURCE_ID
 from utils.core.columns import SUMMARY_COLUMNS
 from utils.core.errors import SessionlenError
 from utils.core.evaluation import headroom_captured, mae, normalized_mae, rmse

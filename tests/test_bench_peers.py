@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.baseline.summaries import SOURCE_ID, load_summaries, load_user_ids, summarize, user_files
+from utils.baseline.session_table import SOURCE_ID
+from utils.baseline.summaries import summarize
+from utils.baseline.summary_dir import load_summaries, load_user_ids
+from utils.baseline.user_plays import user_files
 from utils.core.columns import (
     AVERAGE_SESSION_LENGTH,
     CURRENT_SESSION_LENGTH,

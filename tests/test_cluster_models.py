@@ -11,15 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.baseline import experiment
 from utils.baseline.boosting import BoostingSettings
+from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import TargetScaler, build_feature_set
 from utils.core import columns as C
 from utils.core.config import ClusterParams, ModelParams, WorkLayout
 from utils.core.errors import DatasetTooSmallError, SessionlenError
 from utils.core.results import load_experiments
 from utils.core.stage_io import write_manifest
+from utils.models_with_clusters import cluster_groups as cg
 from utils.models_with_clusters import cluster_models as cm
+from utils.models_with_clusters import cluster_results as cr
 from utils.models_with_clusters.profiles import STAGE as PROFILES_STAGE
 
 SESSIONS_PER_USER = 40
@@ -63,11 +65,11 @@ def _run(params: ClusterParams, tmp_path: Path) -> cm.ClusterExperiment:
     """A cluster experiment on the hand-made summaries with fixed labels."""
     splits = _splits(LEVELS)
     features = build_feature_set(splits, sequence_length=3, peer_groups=0)
-    base = experiment.Experiment(tmp_path, features, splits)
+    base = Experiment(tmp_path, features, splits)
     labels = LABELS.copy()
     labels.attrs = {"clusters": 3, "chosen_by": "given"}
-    groups = cm.row_clusters(features.sessions[C.USER_ID].to_numpy(), labels)
-    trained = cm.trainable_clusters(labels, groups, features.rows, params.min_cluster_users)
+    groups = cg.row_clusters(features.sessions[C.USER_ID].to_numpy(), labels)
+    trained = cg.trainable_clusters(labels, groups, features.rows, params.min_cluster_users)
     return cm.ClusterExperiment(base, params, "lightgbm", labels, groups, trained,
                                 pd.DataFrame())
 
@@ -80,46 +82,46 @@ def _baselines(run: cm.ClusterExperiment) -> None:
     validate = naive_predictions(train, run.features.role_frame("validate"))
     test = naive_predictions(train, run.features.role_frame("test"))
     for name in BASELINES[:4]:
-        run.base.results.append(experiment.ModelResult(
+        run.base.results.append(ModelResult(
             name, "baseline", {}, validate[name].to_numpy(np.float64),
             test[name].to_numpy(np.float64)))
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.floats(0.0, 1e6), st.sampled_from([cm.GLOBAL, 0, 1])),
+@given(st.lists(st.tuples(st.floats(0.0, 1e6), st.sampled_from([cg.GLOBAL, 0, 1])),
                 min_size=1, max_size=50),
        st.floats(-3.0, 10.0), st.floats(0.05, 5.0))
 def test_standardize_round_trip_keeps_rows_and_order(rows, mean, std):
     seconds = np.array([s for s, _ in rows])
     groups = np.array([g for _, g in rows])
-    scalers = {cm.GLOBAL: TargetScaler(mean, std), 0: TargetScaler(mean + 1.0, std * 2.0),
-               1: cm.IDENTITY}
-    z = cm.standardize(seconds, groups, scalers)
+    scalers = {cg.GLOBAL: TargetScaler(mean, std), 0: TargetScaler(mean + 1.0, std * 2.0),
+               1: cg.IDENTITY}
+    z = cg.standardize(seconds, groups, scalers)
     assert z.shape == seconds.shape
-    back = cm.unstandardize(z, groups, scalers)
+    back = cg.unstandardize(z, groups, scalers)
     np.testing.assert_allclose(back, seconds, rtol=1e-9, atol=1e-6)
 
 
 def test_unstandardize_without_a_scaler_is_an_error():
     with pytest.raises(SessionlenError, match="no scaler for group"):
-        cm.unstandardize(np.zeros(2), np.array([0, 5]), {0: cm.IDENTITY})
+        cg.unstandardize(np.zeros(2), np.array([0, 5]), {0: cg.IDENTITY})
 
 
 def test_fit_scalers_per_cluster_mixed_and_raw():
     lengths = np.array([100.0, 200.0, 300.0, 5000.0, 7000.0, 9000.0, 50.0])
-    groups = np.array([0, 0, 0, 1, 1, 1, cm.GLOBAL])
+    groups = np.array([0, 0, 0, 1, 1, 1, cg.GLOBAL])
     train = np.arange(len(lengths))
     users = pd.Series({0: 3, 1: 300})
-    per_cluster = cm.fit_scalers(lengths, groups, train, [0, 1], users, ClusterParams())
+    per_cluster = cg.fit_scalers(lengths, groups, train, [0, 1], users, ClusterParams())
     assert per_cluster[0].mean == pytest.approx(np.log1p(lengths[:3]).mean())
     assert per_cluster[1].mean == pytest.approx(np.log1p(lengths[3:6]).mean())
-    assert per_cluster[cm.GLOBAL].mean == pytest.approx(np.log1p(lengths).mean())
-    mixed = cm.fit_scalers(lengths, groups, train, [0, 1], users,
+    assert per_cluster[cg.GLOBAL].mean == pytest.approx(np.log1p(lengths).mean())
+    mixed = cg.fit_scalers(lengths, groups, train, [0, 1], users,
                            ClusterParams(mix_std=True, mix_std_threshold=200))
-    assert mixed[0] is mixed[cm.GLOBAL]  # 3 users < 200: the global scaler
+    assert mixed[0] is mixed[cg.GLOBAL]  # 3 users < 200: the global scaler
     assert mixed[1].mean == pytest.approx(per_cluster[1].mean)  # 300 users: its own
-    raw = cm.fit_scalers(lengths, groups, train, [0, 1], users, ClusterParams(standardize=False))
-    assert set(raw.values()) == {cm.IDENTITY}
+    raw = cg.fit_scalers(lengths, groups, train, [0, 1], users, ClusterParams(standardize=False))
+    assert set(raw.values()) == {cg.IDENTITY}
 
 
 def test_per_cluster_models_score_every_test_row_and_fall_back(tmp_path):
@@ -145,13 +147,13 @@ def test_per_cluster_models_score_every_test_row_and_fall_back(tmp_path):
     short, long_ = np.isin(test_users, range(6)), np.isin(test_users, range(6, 12))
     assert np.median(cluster_pred[short]) < 1500 < np.median(cluster_pred[long_])
 
-    table = cm.results_table(run)
+    table = cr.results_table(run)
     assert set(table["n_test"]) == {len(test_users)}
-    per_cluster = cm.per_cluster_table(run)
+    per_cluster = cr.per_cluster_table(run)
     assert per_cluster.loc["all", "test_sessions"] == len(test_users)
     assert per_cluster.loc[["0", "1", "2", "unclustered"], "test_sessions"].sum() == len(test_users)
     assert per_cluster.loc["2", "cluster_vs_global"] == pytest.approx(1.0)
-    compared = cm.cluster_comparisons(run, table).set_index(["model", "versus"])
+    compared = cr.cluster_comparisons(run, table).set_index(["model", "versus"])
     versus = compared.loc[("cluster_lightgbm", "global_lightgbm")]
     mae = table.set_index("label")["mae_s"]
     assert versus["diff_mae_s"] == pytest.approx(mae["cluster_lightgbm"] - mae["global_lightgbm"])
@@ -163,7 +165,7 @@ def test_per_cluster_models_score_every_test_row_and_fall_back(tmp_path):
     layout.summary_dir.mkdir(parents=True)
     layout.final_dir.mkdir(parents=True)
     LABELS.rename_axis(C.USER_ID).to_csv(layout.user_profile_cluster)
-    cm.record_cluster_results(run, table, compared.reset_index())
+    cr.record_cluster_results(run, table, compared.reset_index())
     recorded = load_experiments(tmp_path)
     assert set(recorded["stage"]) == {"clusters"}
     assert {"global_lightgbm", "cluster_lightgbm", "user_mean"} <= set(recorded["model"])
@@ -171,7 +173,7 @@ def test_per_cluster_models_score_every_test_row_and_fall_back(tmp_path):
     assert params["clustering"] == "kmeans" and params["clusters"] == 3
     assert params["standardize"] is True and params["clusters_trained"] == [0, 1]
     manifest = json.loads((layout.results / "_manifest.json").read_text())
-    assert manifest[cm.MANIFEST_STAGE]["rows_out"] == len(test_users)
+    assert manifest[cr.MANIFEST_STAGE]["rows_out"] == len(test_users)
 
 
 def test_standardized_and_raw_runs_are_scored_on_the_same_rows(tmp_path):
@@ -241,5 +243,5 @@ def test_no_cluster_big_enough_for_its_own_model_is_too_small_data() -> None:
     with pytest.raises(DatasetTooSmallError, match=r"^no cluster has the min_cluster_users=5 "
                        r"users, 20 train sessions .*: lower min_cluster_users or set fewer "
                        r"clusters \(clusters=None\)"):
-        cm.check_some_trainable([], ClusterParams())
-    cm.check_some_trainable([1], ClusterParams())
+        cg.check_some_trainable([], ClusterParams())
+    cg.check_some_trainable([1], ClusterParams())

@@ -280,7 +280,7 @@ def synthetic_work(root: Path, scale: str) -> tuple[Path, Path]:
 
 
 def test_tiny_synthetic_pipeline_end_to_end(tmp_path: Path) -> None:
-    from utils.baseline.summaries import load_summaries, load_user_ids
+    from utils.baseline.summary_dir import load_summaries, load_user_ids
     from utils.core.stage_io import require_stage
     from utils.models_with_clusters.profiles import load_profiles
     from utils.models_with_clusters.session_data import read_final_split
@@ -303,7 +303,7 @@ def test_tiny_synthetic_pipeline_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_clusters_recover_the_planted_archetypes(tmp_path: Path) -> None:
-    from utils.baseline.summaries import load_user_ids
+    from utils.baseline.summary_dir import load_user_ids
     from utils.models_with_clusters.profiles import load_profiles
 
     raw, work = synthetic_work(tmp_path, "demo")

@@ -21,6 +21,7 @@ from utils.baseline import (
     survival,
 )
 from utils.baseline.boosting import BoostingSettings, candidate_settings
+from utils.baseline.experiment_state import ModelResult
 from utils.baseline.features import FeatureSet, build_feature_set
 from utils.core import columns as C
 from utils.core.config import ModelParams, WorkLayout
@@ -118,10 +119,9 @@ def test_quantile_lightgbm_is_calibrated_on_planted_lognormal_sessions(big_featu
 
 
 def _quantile_result(name: str, kind: str, val_q: np.ndarray, test_q: np.ndarray
-                     ) -> experiment.ModelResult:
-    return experiment.ModelResult(name, kind, {}, val_q[:, 1], test_q[:, 1],
-                                  val_quantiles_s=val_q, quantiles_s=test_q,
-                                  quantile_levels=LEVELS)
+                     ) -> ModelResult:
+    return ModelResult(name, kind, {}, val_q[:, 1], test_q[:, 1],
+                       val_quantiles_s=val_q, quantiles_s=test_q, quantile_levels=LEVELS)
 
 
 def _spread(lengths: np.ndarray, factor: float) -> np.ndarray:

@@ -11,29 +11,30 @@ from test_cluster_models import LEVELS, _splits
 
 from utils.baseline import experiment
 from utils.baseline.baselines import naive_predictions
+from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import build_feature_set
 from utils.core import evaluation
 
 
-def _experiment(tmp_path: Path) -> experiment.Experiment:
+def _experiment(tmp_path: Path) -> Experiment:
     """An experiment on hand-made summaries with the frozen baselines added."""
     splits = _splits(LEVELS)
-    run = experiment.Experiment(tmp_path, build_feature_set(splits, 3, peer_groups=0), splits)
+    run = Experiment(tmp_path, build_feature_set(splits, 3, peer_groups=0), splits)
     train = splits["train"]
     for name in ("global_median", "user_mean", "user_median", "previous_session"):
         val = naive_predictions(train, run.features.role_frame("validate"))[name]
         test = naive_predictions(train, run.features.role_frame("test"))[name]
-        run.results.append(experiment.ModelResult(name, "baseline", {},
-                                                  val.to_numpy(float), test.to_numpy(float)))
+        run.results.append(ModelResult(name, "baseline", {},
+                                       val.to_numpy(float), test.to_numpy(float)))
     return run
 
 
 def test_a_model_perfect_on_test_but_poor_on_validation_is_not_selected(tmp_path):
     run = _experiment(tmp_path)
     actual_val, actual = run.actual_val_s, run.actual_s
-    run.results.append(experiment.ModelResult(
+    run.results.append(ModelResult(
         "peeker", "lightgbm", {}, actual_val * 3.0, actual.copy()))
-    run.results.append(experiment.ModelResult(
+    run.results.append(ModelResult(
         "honest", "network", {}, actual_val * 1.1, actual * 1.1))
     table = experiment.results_table(run).set_index("label")
     assert table.loc["peeker", "mae_s"] == 0.0
@@ -51,7 +52,7 @@ def test_a_model_perfect_on_test_but_poor_on_validation_is_not_selected(tmp_path
 
 def test_results_table_intervals_bracket_the_estimates(tmp_path):
     run = _experiment(tmp_path)
-    run.results.append(experiment.ModelResult(
+    run.results.append(ModelResult(
         "model", "network", {}, run.actual_val_s * 1.2, run.actual_s * 1.2))
     table = experiment.results_table(run)
     for name in ("mae", "normalized_mae", "diff_vs_reference"):

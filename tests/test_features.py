@@ -8,19 +8,16 @@ import pytest
 
 from utils.baseline.features import (
     CONTEXT_FEATURES,
-    LOG_LENGTH,
     STANDARD_CLIP,
     STEP_FEATURES,
     Standardizer,
     TargetScaler,
-    add_session_features,
     build_feature_set,
-    combine_splits,
-    fit_peer_groups,
     history_index,
-    peer_features,
     tabular_features,
 )
+from utils.baseline.peer_groups import fit_peer_groups, peer_features
+from utils.baseline.session_features import LOG_LENGTH, add_session_features, combine_splits
 from utils.core import columns as C
 from utils.core.errors import SessionlenError
 

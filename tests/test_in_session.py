@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.baseline.summaries import SOURCE_ID
+from utils.baseline.session_table import SOURCE_ID
 from utils.core import columns as C
 from utils.core.config import (
     LASTFM_API_URL,

@@ -26,7 +26,8 @@ from utils.baseline.models import (
     networks_to_train,
     predict_seconds,
 )
-from utils.baseline.summaries import COUNTRY_VOCAB_FILE, SOURCE_ID, SUMMARY_OUTPUTS, USER_IDS_FILE
+from utils.baseline.session_table import SOURCE_ID
+from utils.baseline.summary_dir import COUNTRY_VOCAB_FILE, SUMMARY_OUTPUTS, USER_IDS_FILE
 from utils.core import columns as C
 from utils.core import plots
 from utils.core.config import ModelParams, WorkLayout

@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from utils.baseline.summaries import load_country_vocab, load_summaries, load_user_ids, summarize
+from utils.baseline.summaries import summarize
+from utils.baseline.summary_dir import load_country_vocab, load_summaries, load_user_ids
 from utils.core import columns as C
 from utils.core.config import CrawlParams, SessionParams, WorkLayout
 from utils.core.stage_io import MANIFEST

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.baseline.summaries import load_summaries, summarize
+from utils.baseline.summaries import summarize
+from utils.baseline.summary_dir import load_summaries
 from utils.core import columns as C
 from utils.core.config import SessionParams, WorkLayout
 from utils.core.errors import SessionlenError, StageIncompleteError

@@ -7,27 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from utils.baseline.summaries import (
-    LENGTH_MS,
-    PLAYS,
-    SOURCE_ID,
+from utils.baseline.session_table import LENGTH_MS, PLAYS, SOURCE_ID, sessionize
+from utils.baseline.summaries import summarize
+from utils.baseline.summary_dir import (
     SUMMARY_OUTPUTS,
-    fit_country_vocab,
     load_country_vocab,
     load_summaries,
     load_user_ids,
-    plot_session_lengths,
-    read_plays,
-    sessionize,
-    split_overview,
-    summarize,
-    threshold_sensitivity,
-    user_files,
-    user_id_mapping,
-    write_summaries,
 )
+from utils.baseline.summary_views import plot_session_lengths, split_overview, threshold_sensitivity
+from utils.baseline.summary_writer import fit_country_vocab, user_id_mapping, write_summaries
+from utils.baseline.user_plays import read_plays, read_user_plays, user_files
 from utils.core.columns import (
     AVERAGE_SESSION_LENGTH,
     COUNTRY,
@@ -469,6 +462,19 @@ def test_bad_user_dir_values_name_file_and_line(tmp_path: Path, old: str, new: s
         summarize(tmp_path, SessionParams())
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "summary_dir").exists()
+
+
+def test_user_plays_reader_serves_other_columns_with_the_same_checks(tmp_path: Path) -> None:
+    user_dir = write_user_dir(tmp_path, small_plays())
+    names = {"track_name": pa.dictionary(pa.int32(), pa.string()), "age": pa.int32()}
+    table = read_user_plays("user_000001", user_files(user_dir)["user_000001"], names)
+    assert table.column_names == [TIMESTAMP, "track_name", "age", "duration"]
+    assert table.column("track_name").to_pylist() == ["Track \u00fc"] * 3
+    with pytest.raises(SessionlenError, match="not user_dir columns: title"):
+        read_user_plays("user_000001", [], {"title": pa.string()})
+    corrupt(user_dir, ",2.000,", ",-2.000,")
+    with pytest.raises(SessionlenError, match=r"line 3: invalid duration -2.0"):
+        read_user_plays("user_000001", user_files(user_dir)["user_000001"], names)
 
 
 def test_bad_parameters_and_layout(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from test_session_data import HOUR_MS, T0, make_work, session_plays, small_corpus
 
-from utils.baseline.summaries import load_country_vocab
+from utils.baseline.summary_dir import load_country_vocab
 from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError, StageIncompleteError

@@ -159,7 +159,7 @@ def test_a_reader_waits_for_the_writer_and_leaves_no_trace(work: Path) -> None:
     subprocess.run(_sessionlen("summarize", "--work", str(work)), cwd=PROJECT_ROOT, env=_env(),
                    capture_output=True, check=True)
     before = snapshot(work)
-    script = ("import sys; from utils.baseline.summaries import load_summaries\n"
+    script = ("import sys; from utils.baseline.summary_dir import load_summaries\n"
               "print(sum(len(f) for f in load_summaries(sys.argv[1]).values()))\n")
     with stage_lock(work / "summary_dir", exclusive=True):
         reader = subprocess.Popen([sys.executable, "-c", script, str(work)], cwd=PROJECT_ROOT,

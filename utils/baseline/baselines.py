@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.baseline.summaries import SOURCE_ID, USER_IDS_COLUMNS
+from utils.baseline.session_table import SOURCE_ID
+from utils.baseline.summary_dir import USER_IDS_COLUMNS
 from utils.core.columns import (
     CURRENT_SESSION_LENGTH,
     GT_MEDIAN,

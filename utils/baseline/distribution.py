@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,14 +27,12 @@ from utils.baseline.baselines import (
     ORACLE,
     oracle_predictions,
 )
-from utils.baseline.summaries import load_user_ids
+from utils.baseline.experiment_state import GROUND_TRUTH, Experiment, ModelResult
+from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
 from utils.core import evaluation
 from utils.core.errors import SessionlenError
 from utils.core.stage_io import require_file
-
-if TYPE_CHECKING:
-    from utils.baseline.experiment import Experiment, ModelResult
 
 DEFAULT_LEVELS = (0.1, 0.5, 0.9)
 # The central 80% interval, and the level whose quantile is the point prediction (the median,
@@ -269,8 +266,6 @@ def add_distribution_baselines(experiment: Experiment, raw_dir: str | Path | Non
                                levels: Sequence[float] = DEFAULT_LEVELS) -> None:
     """Add the running empirical quantiles as a baseline, and the planted quantiles to the
     oracle's result when the ground truth has them (call after experiment.add_baselines)."""
-    from utils.baseline.experiment import GROUND_TRUTH, ModelResult
-
     levels = check_levels(levels)
     features = experiment.features
     train = features.lengths_s[features.rows["train"]]

@@ -27,7 +27,8 @@ from utils.baseline.distribution import (
     median_column,
     sort_quantiles,
 )
-from utils.baseline.experiment import Experiment, ModelResult, feature_params, network_params
+from utils.baseline.experiment import feature_params, network_params
+from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, tabular_features
 from utils.core.config import ModelParams
 from utils.core.errors import SessionlenError

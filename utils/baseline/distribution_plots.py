@@ -12,7 +12,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from utils.baseline.distribution import coverage, share_below
-from utils.baseline.experiment import STAGE, Experiment
+from utils.baseline.experiment import STAGE
+from utils.baseline.experiment_state import Experiment
 from utils.baseline.survival import SurvivalModel, empirical_survival, survival_curves
 from utils.core import columns as C
 from utils.core import plots

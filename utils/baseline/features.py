@@ -1,10 +1,8 @@
-"""Features known at session start, and the sequence tensors the baseline networks read.
+"""The feature set: everything the baseline models read, scaled, with the sequence tensors.
 
-Every feature of a session uses only what is known when it starts: its start time, the user's
-profile, and the lengths and gaps of the user's EARLIER sessions. Earlier sessions come from every
-split (under the chrono split a test session's history includes the user's train sessions), but
-targets are only ever taken from the split a row belongs to. Scalers, vocabularies and peer groups
-are fit on the training rows alone.
+Every feature of a session uses only what is known when it starts (session_features); targets
+are only ever taken from the split a row belongs to. Scalers, vocabularies and peer groups
+(peer_groups) are fit on the training rows alone.
 
 The user's identity enters through their history (statistics, habits, peer group), never as an
 id: those exist for a user never seen in training too and keep changing as the user does, while
@@ -17,14 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.mixture import GaussianMixture
 
+from utils.baseline.peer_groups import fit_peer_groups, peer_features
+from utils.baseline.session_features import (
+    LOG_LENGTH,
+    SPLIT,
+    add_session_features,
+    combine_splits,
+)
 from utils.core import columns as C
 from utils.core.errors import SessionlenError
-
-SPLIT = "split"
-LOG_LENGTH = "log_length"
-SECONDS_PER_YEAR = 365.25 * 86400.0
 
 # Numeric features of the session being predicted (standardized on train rows).
 CONTEXT_FEATURES = [
@@ -53,23 +53,7 @@ INTERACTION_TIMES = ["hour_sin", "hour_cos", "prev_hour_sin", "prev_hour_cos", "
                      "weekday_cos", "is_weekend"]
 HABIT_FEATURES = ["weekend_share", "hist_median_log", "log_sessions_per_day", "hour_regularity",
                   "usual_hour_sin", "usual_hour_cos"]
-# What a listener's history says about the kind of listener: peer groups are fit on these.
-PEER_DESCRIPTORS = ["hist_median_log", "hist_mean_log", "hist_q25_log", "hist_q75_log",
-                    "log_sessions_per_day", "weekend_share", "hour_regularity"]
-# History sizes (sessions) at which a user's own level counts half in the shrunk deviations.
-PEER_SHRINK_SESSIONS = (30, 100)
-RECENT_WINDOW = 5
 STANDARD_CLIP = 5.0
-# Upper end of the peer-group numbers BIC chooses among.
-MAX_PEER_GROUPS = 8
-EWM_FAST_ALPHA = 0.3
-EWM_SLOW_ALPHA = 0.05
-REFERENCE_HOUR = 12.0
-# Context histories: blocks of hours, gap buckets (log1p seconds: 3 h, 12 h, 2 days, a week) and
-# how many sessions' worth of the user's overall level a context's own mean is shrunk toward.
-HOUR_BLOCK = 3
-GAP_BUCKET_EDGES = np.log1p([3 * 3600.0, 12 * 3600.0, 2 * 86400.0, 7 * 86400.0])
-CONTEXT_PRIOR_SESSIONS = 10.0
 
 
 @dataclass(frozen=True)
@@ -148,195 +132,6 @@ class FeatureSet:
         return self.sessions.iloc[self.rows[role]]
 
 
-def combine_splits(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """All splits' sessions in one frame sorted by (user, time), with the split name per row."""
-    frames = []
-    for name, frame in splits.items():
-        missing = [c for c in C.SUMMARY_COLUMNS if c not in frame.columns]
-        if missing:
-            raise SessionlenError(f"summary split {name!r} lacks column(s) {', '.join(missing)}")
-        frames.append(frame[C.SUMMARY_COLUMNS].assign(**{SPLIT: name}))
-    if not frames:
-        raise SessionlenError("no summary splits to build features from")
-    sessions = pd.concat(frames, ignore_index=True)
-    bad = sessions[C.CURRENT_SESSION_LENGTH].isna() | (sessions[C.CURRENT_SESSION_LENGTH] < 0)
-    if bad.any():
-        row = sessions[bad].iloc[0]
-        raise SessionlenError(
-            f"summary split {row[SPLIT]!r}: user {row[C.USER_ID]} session {row[C.SESSION_ID]} "
-            f"has an invalid current_session_length {row[C.CURRENT_SESSION_LENGTH]!r} "
-            f"({int(bad.sum())} such rows)"
-        )
-    return sessions.sort_values([C.USER_ID, C.TIMESTAMP, C.SESSION_ID], kind="stable",
-                                ignore_index=True)
-
-
-def _shifted(values: pd.Series, users: pd.Series) -> pd.Series:
-    """`values` of each user's previous session (NaN for a first session)."""
-    return values.groupby(users, sort=False).shift(1)
-
-
-def _grouped_window(values: pd.Series, users: pd.Series, stat: str, window: int | None
-                    ) -> pd.Series:
-    """A per-user expanding (window None) or rolling statistic over sessions up to this one."""
-    grouped = values.groupby(users, sort=False)
-    roller = grouped.expanding() if window is None else grouped.rolling(window, min_periods=1)
-    if stat.startswith("q"):
-        result = roller.quantile(int(stat[1:]) / 100.0)
-    else:
-        result = getattr(roller, stat)()
-    return result.reset_index(level=0, drop=True).sort_index()
-
-
-def _mean_before(values: pd.Series, users: pd.Series) -> pd.Series:
-    """Mean of `values` over each user's EARLIER sessions (NaN for a first session)."""
-    return _shifted(_grouped_window(values, users, "mean", None), users)
-
-
-def _history_stats(log_len: pd.Series, users: pd.Series) -> pd.DataFrame:
-    """Statistics of each user's EARLIER log-lengths (NaN where there is no history yet)."""
-    upto = {
-        "hist_mean_log": _grouped_window(log_len, users, "mean", None),
-        "hist_median_log": _grouped_window(log_len, users, "median", None),
-        "hist_std_log": _grouped_window(log_len, users, "std", None),
-        "hist_q25_log": _grouped_window(log_len, users, "q25", None),
-        "hist_q75_log": _grouped_window(log_len, users, "q75", None),
-        "recent_mean_log": _grouped_window(log_len, users, "mean", RECENT_WINDOW),
-        "recent_median_log": _grouped_window(log_len, users, "median", RECENT_WINDOW),
-    }
-    grouped = log_len.groupby(users, sort=False)
-    for name, alpha in (("ewm_fast_log", EWM_FAST_ALPHA), ("ewm_slow_log", EWM_SLOW_ALPHA)):
-        ewm = grouped.ewm(alpha=alpha).mean()
-        upto[name] = ewm.reset_index(level=0, drop=True).sort_index()
-    # Statistics "up to and including" a session become "before" the next one by a shift.
-    return pd.DataFrame({name: _shifted(s, users) for name, s in upto.items()})
-
-
-def _circle(values: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray]:
-    """Points on the unit circle for a periodic quantity (hours of a day, days of a week)."""
-    angle = 2 * np.pi * values / period
-    return np.sin(angle), np.cos(angle)
-
-
-def _time_features(timestamp_ms: pd.Series, users: pd.Series) -> pd.DataFrame:
-    """Time of day and week on the user's own clock, as ids and as points on a circle.
-
-    Timestamps are UTC and time zones unknown, so each start is shifted by the user's habitual
-    listening hour (circular mean of the UTC start hours of EARLIER sessions) to REFERENCE_HOUR:
-    whatever a user's zone, "two hours after when they usually listen" lands on the same hour.
-    """
-    utc = pd.to_datetime(timestamp_ms.to_numpy(dtype=np.int64), unit="ms", utc=True)
-    utc_hour = utc.hour.to_numpy() + utc.minute.to_numpy() / 60.0
-    utc_sin, utc_cos = _circle(utc_hour, 24.0)
-    usual_sin = _mean_before(pd.Series(utc_sin, index=users.index), users)
-    usual_cos = _mean_before(pd.Series(utc_cos, index=users.index), users)
-    usual_hour = (np.arctan2(usual_sin, usual_cos).fillna(0.0) * 24 / (2 * np.pi)) % 24
-    own = pd.to_datetime(timestamp_ms.to_numpy(dtype=np.int64)
-                         + ((REFERENCE_HOUR - usual_hour.to_numpy()) * 3_600_000).astype(np.int64),
-                         unit="ms", utc=True)
-    hour = own.hour.to_numpy() + own.minute.to_numpy() / 60.0
-    weekday = own.day_of_week.to_numpy()
-    hour_sin, hour_cos = _circle(hour, 24.0)
-    weekday_sin, weekday_cos = _circle(weekday, 7.0)
-    return pd.DataFrame({
-        "hour": own.hour.to_numpy(), "weekday": weekday,
-        "hour_sin": hour_sin, "hour_cos": hour_cos,
-        "weekday_sin": weekday_sin, "weekday_cos": weekday_cos,
-        "is_weekend": (weekday >= 5).astype(np.float64),
-        "usual_hour_sin": usual_sin, "usual_hour_cos": usual_cos,
-        "hour_regularity": np.hypot(usual_sin, usual_cos),
-    }, index=timestamp_ms.index)
-
-
-def _utc_hours(timestamp_ms: pd.Series) -> np.ndarray:
-    """The UTC hour of each start: a user's own clock up to the user's fixed time zone."""
-    return (timestamp_ms.to_numpy(dtype=np.int64) // 3_600_000) % 24
-
-
-def shrunk_context_deviation(log_len: pd.Series, users: pd.Series, context: np.ndarray,
-                             prior_sessions: float) -> pd.Series:
-    """How the user's EARLIER sessions in the same context differ from all their earlier ones.
-
-    The mean log-length of the user's earlier sessions in this session's context, shrunk toward
-    the user's overall earlier mean by `prior_sessions` pseudo-sessions, minus that mean: zero
-    without evidence, the user's own context effect once there are many such sessions. The
-    context is any integer label (a block of hours, a weekday type, a gap bucket), so the effect
-    can take any shape and differ for every listener.
-    """
-    key = users.to_numpy(dtype=np.int64) * 64 + np.asarray(context, dtype=np.int64)
-    grouped = log_len.groupby(key, sort=False)
-    before_sum = grouped.cumsum() - log_len
-    before_count = grouped.cumcount().astype(np.float64)
-    overall = _mean_before(log_len, users)
-    shrunk = (before_sum + prior_sessions * overall) / (before_count + prior_sessions)
-    return shrunk - overall
-
-
-def context_history(log_len: pd.Series, users: pd.Series, utc_hour: np.ndarray,
-                    is_weekend: pd.Series, log_gap: pd.Series) -> pd.DataFrame:
-    """Each listener's own effects of the hour, the day type and the gap since the last session.
-
-    Listeners differ in when they listen long and in how a break changes their next session;
-    these deviations let a model learn that from each listener's history (see
-    `shrunk_context_deviation`) instead of from a fixed shape shared by everyone.
-    """
-    gap_bucket = np.digitize(np.nan_to_num(log_gap.to_numpy(), nan=-1.0), GAP_BUCKET_EDGES)
-    return pd.DataFrame({
-        "own_hour_block_dev": shrunk_context_deviation(
-            log_len, users, utc_hour // HOUR_BLOCK, CONTEXT_PRIOR_SESSIONS),
-        "own_day_type_dev": shrunk_context_deviation(
-            log_len, users, is_weekend.to_numpy(), CONTEXT_PRIOR_SESSIONS),
-        "own_gap_bucket_dev": shrunk_context_deviation(
-            log_len, users, gap_bucket, CONTEXT_PRIOR_SESSIONS),
-    }, index=log_len.index)
-
-
-def add_session_features(sessions: pd.DataFrame) -> pd.DataFrame:
-    """Add every start-time feature to a (user, time)-sorted session frame (raw, unscaled)."""
-    users = sessions[C.USER_ID]
-    length = sessions[C.CURRENT_SESSION_LENGTH].astype(np.float64)
-    log_len = np.log1p(length).rename(LOG_LENGTH)
-    start_s = sessions[C.TIMESTAMP].astype(np.float64) / 1000.0
-    prev_start = _shifted(start_s, users)
-    prev_end = prev_start + _shifted(length, users)
-    count = sessions.groupby(C.USER_ID, sort=False).cumcount().astype(np.float64)
-    stats = _history_stats(log_len, users)
-    lag1 = _shifted(log_len, users)
-    age = sessions[C.AGE].astype(np.float64)
-    registered = sessions[C.REGISTERED].astype(np.float64)
-    account_known = registered > 0
-    extra = pd.DataFrame({
-        LOG_LENGTH: log_len,
-        "log_gap_since_end": np.log1p((start_s - prev_end).clip(lower=0.0)),
-        "log_gap_since_start": np.log1p((start_s - prev_start).clip(lower=0.0)),
-        "log_history_count": np.log1p(count),
-        "has_history": (count > 0).astype(np.float64),
-        "lag1_log": lag1,
-        "lag2_log": _shifted(lag1, users),
-        "lag3_log": _shifted(_shifted(lag1, users), users),
-        "lag1_minus_mean": lag1 - _shifted(stats["hist_mean_log"], users),
-        # Deviation of a session from the user's mean before it: the persistence signal.
-        "step_minus_mean": log_len - stats["hist_mean_log"],
-        "age_known": (age >= 0).astype(np.float64),
-        "age_years": age.where(age >= 0),
-        "account_known": account_known.astype(np.float64),
-        "account_age_years": ((start_s * 1000.0 - registered) / 1000.0 / SECONDS_PER_YEAR
-                              ).where(account_known),
-    }, index=sessions.index)
-    times = _time_features(sessions[C.TIMESTAMP], users)
-    previous = pd.DataFrame({f"prev_{name}": _shifted(times[name], users)
-                             for name in ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos")})
-    # How often and when a user listens tells listener types apart as much as how long.
-    days_active = (start_s - start_s.groupby(users, sort=False).transform("first")) / 86400.0
-    habits = pd.DataFrame({
-        "log_sessions_per_day": np.log((count + 1.0) / (days_active + 1.0)),
-        "weekend_share": _mean_before(times["is_weekend"], users),
-    })
-    context = context_history(log_len, users, _utc_hours(sessions[C.TIMESTAMP]),
-                              times["is_weekend"], extra["log_gap_since_end"])
-    return pd.concat([sessions, times, previous, habits, stats, extra, context], axis=1)
-
-
 def _role_rows(sessions: pd.DataFrame, split_names: dict[str, str]) -> dict[str, np.ndarray]:
     """Row positions of each role, checking that every named split exists and that they differ."""
     present = sorted(sessions[SPLIT].unique())
@@ -401,85 +196,6 @@ def interaction_products(times: np.ndarray, habits: np.ndarray) -> np.ndarray:
     habitual hour stands for; the products make those effects linear for every model.
     """
     return (times[:, :, None] * habits[:, None, :]).reshape(len(times), -1)
-
-
-@dataclass(frozen=True)
-class PeerGroups:
-    """A Gaussian mixture over train users' habits: the kinds of listener, and their levels."""
-
-    mixture: GaussianMixture
-    center: np.ndarray
-    scale: np.ndarray
-    levels: np.ndarray
-
-    def probabilities(self, descriptors: np.ndarray) -> np.ndarray:
-        """Group membership of each row; rows without history get the groups' shares."""
-        known = ~np.isnan(descriptors).any(axis=1)
-        probs = np.tile(self.mixture.weights_, (len(descriptors), 1))
-        if known.any():
-            probs[known] = self.mixture.predict_proba((descriptors[known] - self.center)
-                                                      / self.scale)
-        return probs
-
-
-def _ordered_mixture(values: np.ndarray, groups: int, seed: int) -> GaussianMixture:
-    """A seeded diagonal Gaussian mixture of `groups` components over standardized rows."""
-    return GaussianMixture(groups, covariance_type="diag", n_init=5, reg_covar=1e-4,
-                           random_state=seed).fit(values)
-
-
-def choose_peer_groups(values: np.ndarray, seed: int, most: int = MAX_PEER_GROUPS) -> int:
-    """The number of groups (1..most, two users per group at least) with the lowest BIC.
-
-    BIC weighs the fit to the train users against the parameters each group adds, so the
-    number follows the data, whatever generated it, without looking at any session to predict.
-    """
-    candidates = range(1, max(1, min(most, len(values) // 2)) + 1)
-    bic = [_ordered_mixture(values, k, seed).bic(values) for k in candidates]
-    return int(candidates[int(np.argmin(bic))])
-
-
-def fit_peer_groups(sessions: pd.DataFrame, train_rows: np.ndarray, groups: int | None,
-                    seed: int) -> PeerGroups | None:
-    """Fit peer groups on each train user's habits as of their last train session.
-
-    `groups` None chooses the number by BIC on those train users (`choose_peer_groups`).
-    Groups are ordered by level (mean log-length). None when groups is 0 or there are too few
-    train users (fewer than two per group) to fit them.
-    """
-    train = sessions.iloc[train_rows]
-    last = train.groupby(C.USER_ID, sort=False).tail(1)[PEER_DESCRIPTORS].dropna()
-    if groups == 0 or len(last) < 2 * (groups or 1):
-        return None
-    values = last.to_numpy(dtype=np.float64)
-    center, scale = values.mean(axis=0), values.std(axis=0)
-    scale = np.where(scale > 1e-9, scale, 1.0)
-    standardized = (values - center) / scale
-    if groups is None:
-        groups = choose_peer_groups(standardized, seed)
-    mixture = _ordered_mixture(standardized, groups, seed)
-    order = np.argsort(mixture.means_[:, 1] * scale[1] + center[1])
-    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
-        setattr(mixture, name, getattr(mixture, name)[order])
-    levels = mixture.means_[:, 1] * scale[1] + center[1]
-    return PeerGroups(mixture, center, scale, levels)
-
-
-def peer_features(sessions: pd.DataFrame, peers: PeerGroups) -> tuple[np.ndarray, list[str]]:
-    """Group probabilities, the expected group level, and the user's own deviation from it.
-
-    The deviation is shrunk by history size: with few sessions a user's mean says little beyond
-    their group's level, with many it says how they differ (an empirical-Bayes estimate, left to
-    the models to weigh through two shrinkage strengths).
-    """
-    probs = peers.probabilities(sessions[PEER_DESCRIPTORS].to_numpy(dtype=np.float64))
-    level = probs @ peers.levels
-    deviation = np.nan_to_num(sessions["hist_mean_log"].to_numpy(dtype=np.float64) - level)
-    count = np.expm1(sessions["log_history_count"].to_numpy(dtype=np.float64))
-    shrunk = [deviation * count / (count + k) for k in PEER_SHRINK_SESSIONS]
-    names = ([f"peer_p{k + 1}" for k in range(probs.shape[1])] + ["peer_level"]
-             + [f"peer_deviation_{k}" for k in PEER_SHRINK_SESSIONS])
-    return np.column_stack([probs, level, *shrunk]), names
 
 
 def _context(sessions: pd.DataFrame, train: np.ndarray, peer_groups: int | None, seed: int

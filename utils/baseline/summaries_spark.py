@@ -4,7 +4,7 @@ Spark reads every user_dir file, applies the session rule with `lag` over each u
 (ordered by time, then file and position in the file, i.e. the local engine's stable order;
 files are known by their rank in path order, from a small broadcast table),
 aggregates sessions and their running history, and returns the small sessions table to the
-driver, where `summaries.write_summaries` splits and writes it exactly as for the local
+driver, where `summary_writer.write_summaries` splits and writes it exactly as for the local
 engine. Every floating-point step mirrors the local arithmetic operation by operation, so the
 two engines agree to the bit.
 """
@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-from utils.baseline.summaries import (
+from utils.baseline.session_table import (
     AVERAGE_MS,
     LENGTH_MS,
     MS_PER_DAY,
@@ -31,8 +31,8 @@ from utils.baseline.summaries import (
     SESSION_TABLE_COLUMNS,
     SOURCE_ID,
     UNKNOWN,
-    check_header,
 )
+from utils.baseline.user_plays import check_header
 from utils.core.columns import (
     AGE,
     COUNTRY,
@@ -228,7 +228,7 @@ def session_rows(marked: DataFrame) -> DataFrame:
         (F.max(PLAY_RANK) - F.min(PLAY_RANK) + 1).alias(PLAYS), *first,
         *problem_counts(),
     )
-    # sessions.session_lengths in seconds, then summaries.to_milliseconds.
+    # sessions.session_lengths in seconds, then session_table.to_milliseconds.
     seconds = ((F.col("_last_ts") - F.col(TIMESTAMP)).cast("double") / 1000.0
                + F.col("_last_duration"))
     return sessions.select(
@@ -250,7 +250,7 @@ def with_history(sessions: DataFrame) -> DataFrame:
         F.coalesce(F.sum(LENGTH_MS).over(order.rowsBetween(Window.unboundedPreceding, -1)),
                    F.lit(0)).cast("long").alias(_EARLIER),
     )
-    # Integer division, rounded half up: utils.baseline.summaries.history_ms.
+    # Integer division, rounded half up: utils.baseline.session_table.history_ms.
     average = F.expr(f"(2 * {_EARLIER} + {SESSION_ID}) div (2 * {SESSION_ID})")
     return history.select(
         "*", F.when(F.col(SESSION_ID) > 0, average).otherwise(0).cast("long").alias(AVERAGE_MS),

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from utils.baseline.distribution import DEFAULT_LEVELS, check_levels, sort_quantiles
-from utils.baseline.experiment import Experiment, feature_params
+from utils.baseline.experiment import feature_params
+from utils.baseline.experiment_state import Experiment
 from utils.baseline.features import FeatureSet
 from utils.core.errors import SessionlenError
 

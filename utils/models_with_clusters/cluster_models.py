@@ -5,18 +5,6 @@ its own model, fit on its users' train sessions and stopped early on their valid
 Every other test row (users outside the eligible set, users of a cluster too small to train) is
 predicted by the global model: the same model type trained on every train session. So the
 per-cluster model, the global model and the baselines are scored on exactly the same test rows.
-
-Standardization concerns the target, log1p(session length in seconds):
-- `standardize=False`: models learn log1p(seconds) as it is (the "raw" target; the log keeps the
-  heavy tail from dominating, and a median in log space is the median in seconds).
-- `standardize=True`: the global model learns (log1p(s) - mean) / std with mean and std of all
-  train sessions; each cluster model with mean and std of its own cluster's train sessions.
-- `mix_std=True` (needs `standardize`): a cluster with at least `mix_std_threshold` users keeps
-  its own scaler; a smaller cluster is standardized with the global scaler instead, since a few
-  users give an unreliable mean and spread.
-Predictions are transformed back to seconds, each row with the scaler it was trained with,
-before any metric. The input features stay standardized on all train rows (features.py): tree
-models are insensitive to feature scaling, and the networks share one feature space.
 """
 
 from __future__ import annotations
@@ -30,22 +18,28 @@ from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from utils.baseline import experiment
 from utils.baseline.boosting import BoostingSettings
+from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, TargetScaler, tabular_features
-from utils.baseline.summaries import load_user_ids
+from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
-from utils.core import plots
-from utils.core.config import ClusterParams, ModelParams, WorkLayout
-from utils.core.errors import DatasetTooSmallError, SessionlenError
-from utils.core.results import append_comparisons, append_experiments, utc_now
-from utils.core.stage_io import write_manifest
-from utils.core.work_lock import stage_lock
+from utils.core.config import ClusterParams, ModelParams
+from utils.core.errors import SessionlenError
+from utils.models_with_clusters.cluster_groups import (
+    GLOBAL,
+    UNCLUSTERED,
+    check_some_trainable,
+    fit_scalers,
+    group_names,
+    row_clusters,
+    standardize,
+    trainable_clusters,
+    unstandardize,
+)
 from utils.models_with_clusters.clustering import (
     archetype_agreement,
     check_enough_users,
@@ -54,46 +48,7 @@ from utils.models_with_clusters.clustering import (
 )
 from utils.models_with_clusters.profiles import load_profiles
 
-STAGE = "clusters"
-MANIFEST_STAGE = "cluster_models"
 MODELS = ("lightgbm", "gru", "lstm")
-GLOBAL = -1  # group of the rows the global model predicts (and of the global scaler)
-UNCLUSTERED = "unclustered"
-# A cluster needs this many train sessions for a model of its own; below, its users go global.
-MIN_TRAIN_SESSIONS = 20
-# The "raw" target: log1p(seconds) unchanged.
-IDENTITY = TargetScaler(0.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Groups and scalers
-# ---------------------------------------------------------------------------------------------
-
-def row_clusters(users: np.ndarray, labels: pd.Series) -> np.ndarray:
-    """The cluster of each row's user; GLOBAL for users outside the clustered (eligible) set."""
-    return labels.reindex(users).fillna(GLOBAL).to_numpy(dtype=np.int64)
-
-
-def trainable_clusters(labels: pd.Series, groups: np.ndarray, rows: dict[str, np.ndarray],
-                       min_cluster_users: int) -> list[int]:
-    """Clusters with enough users, train sessions and at least one validation session."""
-    users = labels.value_counts()
-    train = pd.Series(groups[rows["train"]]).value_counts()
-    validate = pd.Series(groups[rows["validate"]]).value_counts()
-    return [int(c) for c in sorted(users.index)
-            if users[c] >= min_cluster_users and train.get(c, 0) >= MIN_TRAIN_SESSIONS
-            and validate.get(c, 0) > 0]
-
-
-def check_some_trainable(trained: list[int], params: ClusterParams) -> None:
-    """Fail with DatasetTooSmallError when no cluster can have a model of its own."""
-    if not trained:
-        raise DatasetTooSmallError(
-            f"no cluster has the min_cluster_users={params.min_cluster_users} users, "
-            f"{MIN_TRAIN_SESSIONS} train sessions and a validation session a model of its own "
-            f"needs, so per-cluster models would all be the global one: lower min_cluster_users "
-            f"or set fewer clusters (clusters={params.clusters}), or use data with more "
-            f"listeners")
 
 
 def check_model_options(params: ClusterParams, model: str) -> None:
@@ -107,46 +62,6 @@ def check_model_options(params: ClusterParams, model: str) -> None:
         raise SessionlenError(
             f"mix_std_threshold ({params.mix_std_threshold}) and min_cluster_users "
             f"({params.min_cluster_users}) must be positive")
-
-
-def fit_scalers(lengths_s: np.ndarray, groups: np.ndarray, train_rows: np.ndarray,
-                clusters: list[int], cluster_users_count: pd.Series, params: ClusterParams
-                ) -> dict[int, TargetScaler]:
-    """The target scaler of the global model (key GLOBAL) and of each cluster in `clusters`."""
-    if not params.standardize:
-        return {group: IDENTITY for group in (GLOBAL, *clusters)}
-    global_scaler = TargetScaler.fit(lengths_s[train_rows])
-    scalers = {GLOBAL: global_scaler}
-    for cluster in clusters:
-        own = not params.mix_std or cluster_users_count[cluster] >= params.mix_std_threshold
-        members = train_rows[groups[train_rows] == cluster]
-        scalers[cluster] = TargetScaler.fit(lengths_s[members]) if own else global_scaler
-    return scalers
-
-
-def _per_row(groups: np.ndarray, scalers: dict[int, TargetScaler]) -> tuple[np.ndarray, ...]:
-    """Each row's scaler mean and std, looked up by its group."""
-    table = pd.DataFrame({"mean": [s.mean for s in scalers.values()],
-                          "std": [s.std for s in scalers.values()]}, index=list(scalers))
-    per_row = table.reindex(groups)
-    if per_row["mean"].isna().any():
-        missing = sorted(set(np.unique(groups)) - set(scalers))
-        raise SessionlenError(f"no scaler for group(s) {missing}")
-    return per_row["mean"].to_numpy(), per_row["std"].to_numpy()
-
-
-def standardize(seconds: np.ndarray, groups: np.ndarray, scalers: dict[int, TargetScaler]
-                ) -> np.ndarray:
-    """Lengths in seconds to each row's standardized log target (row order kept)."""
-    mean, std = _per_row(groups, scalers)
-    return (np.log1p(np.asarray(seconds, dtype=np.float64)) - mean) / std
-
-
-def unstandardize(values: np.ndarray, groups: np.ndarray, scalers: dict[int, TargetScaler]
-                  ) -> np.ndarray:
-    """Standardized log values back to non-negative seconds, each row with its group's scaler."""
-    mean, std = _per_row(groups, scalers)
-    return np.clip(np.expm1(np.asarray(values, dtype=np.float64) * std + mean), 0.0, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +101,7 @@ def fit_predict_network(name: str, features: FeatureSet, target: np.ndarray,
 class ClusterExperiment:
     """The state notebook 5 carries from step to step."""
 
-    base: experiment.Experiment
+    base: Experiment
     params: ClusterParams
     model: str
     labels: pd.Series
@@ -230,7 +145,7 @@ def start_cluster_experiment(work: str | Path, raw: str | Path | None, params: C
 def cluster_overview(run: ClusterExperiment) -> pd.DataFrame:
     """Users and sessions per cluster, and who predicts them (own model or global)."""
     features = run.features
-    frame = pd.DataFrame({"group": _group_names(run.groups),
+    frame = pd.DataFrame({"group": group_names(run.groups),
                           C.USER_ID: features.sessions[C.USER_ID].to_numpy(),
                           "role": np.empty(len(run.groups), dtype=object)})
     for role, rows in features.rows.items():
@@ -242,11 +157,6 @@ def cluster_overview(run: ClusterExperiment) -> pd.DataFrame:
         "own model" if name != UNCLUSTERED and int(name) in run.trained else "global model"
         for name in table.index]
     return table
-
-
-def _group_names(groups: np.ndarray) -> np.ndarray:
-    """Group ids as table labels: the cluster number, or 'unclustered'."""
-    return np.where(groups == GLOBAL, UNCLUSTERED, groups.astype(str))
 
 
 def _fit_group(run: ClusterExperiment, target: np.ndarray, rows: dict[str, np.ndarray],
@@ -275,7 +185,7 @@ def _role_split(run: ClusterExperiment, values: np.ndarray) -> tuple[np.ndarray,
 
 
 def train_global(run: ClusterExperiment, settings: BoostingSettings, net: ModelParams,
-                 log: Callable[[str], None] = print) -> experiment.ModelResult:
+                 log: Callable[[str], None] = print) -> ModelResult:
     """The global model: every train session, scored on every validation and test row."""
     features, rows = run.features, run.features.rows
     groups = np.full(len(features.lengths_s), GLOBAL)
@@ -288,7 +198,7 @@ def train_global(run: ClusterExperiment, settings: BoostingSettings, net: ModelP
                               groups[scored], scalers)
     seconds = time.perf_counter() - started
     log(f"global {run.model}: {seconds:.1f} s")
-    result = experiment.ModelResult(
+    result = ModelResult(
         f"global_{run.model}", _kind(run.model),
         {**_model_params(run, settings, net), "standardize": run.params.standardize},
         *_role_split(run, predicted), seconds)
@@ -296,9 +206,9 @@ def train_global(run: ClusterExperiment, settings: BoostingSettings, net: ModelP
     return result
 
 
-def train_per_cluster(run: ClusterExperiment, global_model: experiment.ModelResult,
+def train_per_cluster(run: ClusterExperiment, global_model: ModelResult,
                       settings: BoostingSettings, net: ModelParams,
-                      log: Callable[[str], None] = print) -> experiment.ModelResult:
+                      log: Callable[[str], None] = print) -> ModelResult:
     """One model per trainable cluster; the global model's predictions for every other row."""
     features, rows = run.features, run.features.rows
     serving = run.serving_groups()
@@ -316,7 +226,7 @@ def train_per_cluster(run: ClusterExperiment, global_model: experiment.ModelResu
         predicted[mine] = unstandardize(standardized, scored_groups[mine], scalers)
         log(f"cluster {cluster}: {len(own['train'])} train, {len(own['test'])} test sessions")
     seconds = time.perf_counter() - started
-    result = experiment.ModelResult(
+    result = ModelResult(
         f"cluster_{run.model}", _kind(run.model),
         {**_model_params(run, settings, net), **cluster_settings(run, scalers)},
         *_role_split(run, predicted), seconds)
@@ -344,91 +254,3 @@ def cluster_settings(run: ClusterExperiment, scalers: dict[int, TargetScaler]) -
     if "adjusted_rand" in run.agreement:
         settings["adjusted_rand"] = run.agreement["adjusted_rand"].round(4).to_dict()
     return settings
-
-
-def results_table(run: ClusterExperiment) -> pd.DataFrame:
-    """Every model and baseline on the same test rows: MAE, RMSE, normalized MAE, headroom."""
-    return experiment.results_table(run.base)
-
-
-def per_cluster_table(run: ClusterExperiment) -> pd.DataFrame:
-    """Test MAE (seconds) of global, per-cluster and user_mean predictions within each group."""
-    predictions = run.base.predictions()
-    needed = [f"global_{run.model}", f"cluster_{run.model}", experiment.NORMALIZER]
-    missing = [name for name in needed if name not in predictions]
-    if missing:
-        raise SessionlenError(f"train and score {', '.join(missing)} before the per-cluster table")
-    actual = run.base.actual_s
-    errors = pd.DataFrame({name: np.abs(actual - predictions[name]) for name in needed})
-    errors["group"] = _group_names(run.groups[run.features.rows["test"]])
-    table = errors.groupby("group")[needed].mean()
-    table.loc["all"] = errors[needed].mean()
-    sizes = errors.groupby("group").size()
-    table.insert(0, "test_sessions", [int(sizes.get(g, len(errors))) for g in table.index])
-    table = table.rename(columns={name: f"{name}_mae_s" for name in needed})
-    table["cluster_vs_global"] = table[needed[1] + "_mae_s"] / table[needed[0] + "_mae_s"]
-    return table
-
-
-def record_cluster_results(run: ClusterExperiment, table: pd.DataFrame, compared: pd.DataFrame
-                           ) -> Path:
-    """Append every row (stage clusters) to experiments.csv, the comparisons to
-    comparisons.csv, and record the stage manifest."""
-    rows = table.assign(run_id=run.base.run_id, finished_at=utc_now(), stage=STAGE)
-    layout = WorkLayout(run.base.work)
-    n_test = int(table["n_test"].iloc[0])
-    with stage_lock(layout.results, exclusive=True):
-        path = append_experiments(run.base.work, rows[C.EXPERIMENT_COLUMNS])
-        append_comparisons(run.base.work, compared.assign(run_id=run.base.run_id, stage=STAGE))
-        write_manifest(
-            layout.results, MANIFEST_STAGE,
-            inputs=[layout.summary_dir, layout.user_profile_cluster],
-            parameters={"run_id": run.base.run_id, "model": run.model, **run.params.to_dict()},
-            rows_in=n_test, rows_out=n_test, rows_rejected=0,
-            outputs=[layout.experiments.name],
-            timings={"train": float(table["train_seconds"].sum())},
-        )
-    return path
-
-
-def plot_mae_per_cluster(per_cluster: pd.DataFrame) -> Figure:
-    """Grouped bars per cluster: global model, per-cluster model and user_mean test MAE."""
-    shown = per_cluster.filter(like="_mae_s")
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(shown.columns)
-    x = np.arange(len(shown))
-    for i, column in enumerate(shown.columns):
-        ax.bar(x + i * width, shown[column], width, label=column.removesuffix("_mae_s"))
-    ax.set_xticks(x + width * (len(shown.columns) - 1) / 2, [str(i) for i in shown.index])
-    ax.set_xlabel("cluster (unclustered: predicted by the global model in both runs)")
-    ax.set_ylabel("test MAE (seconds)")
-    ax.set_title("Test MAE per cluster")
-    ax.legend()
-    fig.tight_layout()
-    plt.close(fig)  # released from pyplot: a notebook shows it once, when a cell returns it
-    return fig
-
-
-def draw_cluster_figures(run: ClusterExperiment, table: pd.DataFrame,
-                         per_cluster: pd.DataFrame) -> dict[str, Figure]:
-    """The stage's figures, saved under WORK/results/figures/ and returned for display."""
-    figures_dir = WorkLayout(run.base.work).figures
-    figures = {"mae_per_model": plots.plot_mae_per_model(table),
-               "mae_per_cluster": plot_mae_per_cluster(per_cluster)}
-    for name, fig in figures.items():
-        plots.save_figure(fig, figures_dir / f"{STAGE}_{name}.png", run.base.run_id)
-    return figures
-
-
-def headline(table: pd.DataFrame) -> pd.DataFrame:
-    """The results as the notebook shows them: the deciding metrics, best first."""
-    return experiment.headline(table)
-
-
-def cluster_comparisons(run: ClusterExperiment, table: pd.DataFrame) -> pd.DataFrame:
-    """The selected model against the others and the reference, and per-cluster against global:
-    paired test-MAE differences with intervals (see `experiment.comparisons`)."""
-    general = experiment.comparisons(run.base, table)
-    versus = experiment.comparisons(run.base, table,
-                                    [(f"cluster_{run.model}", f"global_{run.model}")])
-    return pd.concat([versus, general], ignore_index=True).drop_duplicates(["model", "versus"])

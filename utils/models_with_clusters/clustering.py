@@ -20,7 +20,7 @@ from sklearn.neighbors import kneighbors_graph
 from sklearn.preprocessing import StandardScaler
 
 from utils.baseline.baselines import naive_predictions
-from utils.baseline.summaries import SOURCE_ID
+from utils.baseline.session_table import SOURCE_ID
 from utils.core import columns as C
 from utils.core.config import ClusterParams, WorkLayout
 from utils.core.errors import DatasetTooSmallError, SessionlenError

@@ -15,7 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from utils.baseline import summaries
+from utils.baseline import summary_dir
+from utils.baseline.session_table import SOURCE_ID
+from utils.baseline.user_plays import user_files
 from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError
@@ -95,17 +97,17 @@ def open_play_source(layout: WorkLayout) -> PlaySource:
     """Check the denormalize and summarize stages and load what matching plays needs."""
     require_stage(layout.user_dir, "denormalize")
     entry = require_stage(layout.summary_dir, "summarize")
-    users = summaries.user_files(layout.user_dir)
-    ids = summaries.load_user_ids(layout.root)
-    codes = dict(zip(ids[summaries.SOURCE_ID], ids[C.USER_ID].astype(int), strict=True))
+    users = user_files(layout.user_dir)
+    ids = summary_dir.load_user_ids(layout.root)
+    codes = dict(zip(ids[SOURCE_ID], ids[C.USER_ID].astype(int), strict=True))
     unknown = sorted(set(users) - set(codes))
     if unknown:
         raise SessionlenError(
-            f"{layout.summary_dir / summaries.USER_IDS_FILE}: no integer id for user "
+            f"{layout.summary_dir / summary_dir.USER_IDS_FILE}: no integer id for user "
             f"{unknown[0]} of user_dir ({len(unknown)} such users); rerun `sessionlen summarize`"
         )
     frames = [frame.assign(**{SPLIT: np.int8(C.SPLITS.index(name))})
-              for name, frame in summaries.load_summaries(layout.root).items()]
+              for name, frame in summary_dir.load_summaries(layout.root).items()]
     sessions = pd.concat(frames, ignore_index=True).sort_values(
         [C.USER_ID, C.TIMESTAMP], kind="stable", ignore_index=True)
     return PlaySource(

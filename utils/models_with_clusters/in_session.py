@@ -30,7 +30,7 @@ from utils.baseline.features import (
     build_feature_set,
     tabular_features,
 )
-from utils.baseline.summaries import load_summaries, load_user_ids
+from utils.baseline.summary_dir import load_summaries, load_user_ids
 from utils.core import columns as C
 from utils.core.config import InSessionParams
 from utils.core.errors import DatasetTooSmallError, SessionlenError

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utils.baseline.summaries import load_user_ids
+from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
 from utils.core.config import ClusterParams, WorkLayout
 from utils.core.errors import SessionlenError

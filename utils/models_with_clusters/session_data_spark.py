@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
-from utils.baseline.summaries import SOURCE_ID
+from utils.baseline.session_table import SOURCE_ID
 from utils.baseline.summaries_spark import PLAY_RANK
 from utils.core import columns as C
 from utils.core.spark import get_spark

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 
-from utils.baseline import summaries
 from utils.baseline.sessions import session_lengths, session_starts
+from utils.baseline.user_plays import read_user_plays as read_checked_plays
 from utils.core import columns as C
-from utils.core.errors import SessionlenError
 from utils.models_with_clusters.final_dir import (
     FROM_SESSION,
     SPLIT,
@@ -32,10 +31,7 @@ from utils.models_with_clusters.final_dir import (
 READ_THREADS = 2
 PREFETCH_USERS = 4
 _NAMES = pa.dictionary(pa.int32(), pa.string())
-_PLAY_TYPES: dict[str, pa.DataType] = {
-    C.TIMESTAMP: pa.timestamp("ms", tz="UTC"), C.ARTIST_NAME: _NAMES, C.TRACK_NAME: _NAMES,
-    C.DURATION: pa.float64(),
-}
+_NAME_TYPES: dict[str, pa.DataType] = {C.ARTIST_NAME: _NAMES, C.TRACK_NAME: _NAMES}
 
 
 @dataclass(frozen=True)
@@ -57,47 +53,30 @@ class UserPlays:
         return len(self.timestamp_ms)
 
 
-def _read_play_file(path: Path, user: str) -> pa.Table:
-    """One user_dir file: timestamp, dictionary-encoded names, duration."""
-    summaries.check_header(path)
-    try:
-        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types=_PLAY_TYPES, include_columns=list(_PLAY_TYPES)))
-    except pa.ArrowInvalid as exc:
-        raise SessionlenError(f"{path}: {str(exc).splitlines()[0]}") from exc
-    if table.column(C.TIMESTAMP).null_count:
-        raise SessionlenError(f"{path}: empty timestamp in the plays of {user}")
-    return table
-
-
 def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(code per row, distinct values) of a one-chunk dictionary column."""
     if column.num_chunks == 0:
         return np.zeros(0, np.int64), np.array([], dtype=object)
     chunk = column.chunk(0)
+    if chunk.null_count:
+        # The reader reads an empty name as null; it stays the empty (unknown) name.
+        chunk = pc.fill_null(chunk.cast(pa.string()), "").dictionary_encode()
     return (chunk.indices.to_numpy(zero_copy_only=False).astype(np.int64),
             chunk.dictionary.to_numpy(zero_copy_only=False))
 
 
 def read_user_plays(user: str, files: list[Path]) -> UserPlays:
-    """One user's plays, oldest first, ties in file order: exactly the summarize stage's order,
-    so tied plays end their session identically."""
-    tables = [_read_play_file(path, user) for path in files]
-    if tables:
-        table = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
-    else:
-        table = pa.schema(list(_PLAY_TYPES.items())).empty_table()
-    stamps = table.column(C.TIMESTAMP).cast(pa.int64()).to_numpy()
-    order = np.argsort(stamps, kind="stable")
+    """One user's plays, read and checked by the summarize stage's reader: oldest first, ties in
+    file order, so tied plays end their session exactly as they did there."""
+    table = read_checked_plays(user, files, _NAME_TYPES).unify_dictionaries().combine_chunks()
     artist, artist_names = _codes(table.column(C.ARTIST_NAME))
     track_text, track_names = _codes(table.column(C.TRACK_NAME))
-    artist, track_text = artist[order], track_text[order]
     # A track is the (artist, track name) pair: "Intro" by two artists is two tracks.
     pairs, track = np.unique(artist * max(len(track_names), 1) + track_text, return_inverse=True)
     pair_artist, pair_track = np.divmod(pairs, max(len(track_names), 1))
     return UserPlays(
-        timestamp_ms=stamps[order],
-        duration_s=table.column(C.DURATION).to_numpy()[order],
+        timestamp_ms=table.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(),
+        duration_s=table.column(C.DURATION).to_numpy(),
         artist=artist, track=track.reshape(-1),
         artists=pd.DataFrame({C.ARTIST_NAME: artist_names}),
         tracks=pd.DataFrame({C.ARTIST_NAME: artist_names[pair_artist],

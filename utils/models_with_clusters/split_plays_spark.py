@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from utils.baseline.summaries import LENGTH_MS, PLAYS, SOURCE_ID, check_header
+from utils.baseline.session_table import LENGTH_MS, PLAYS, SOURCE_ID
 from utils.baseline.summaries_spark import (
     PLAY_RANK,
     TS_MS,
@@ -27,6 +27,7 @@ from utils.baseline.summaries_spark import (
     session_job_conf,
     session_rows,
 )
+from utils.baseline.user_plays import check_header
 from utils.core import columns as C
 from utils.models_with_clusters.final_dir import (
     FROM_SESSION,

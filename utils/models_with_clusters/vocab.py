@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from utils.baseline import summaries
+from utils.baseline import summary_dir
 from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError
@@ -67,7 +67,7 @@ def country_vocab(codes: pd.DataFrame, train_play_counts: pd.Series) -> pd.DataF
     instead of renumbering by frequency: every file then agrees on what a code means.
     """
     table = pd.DataFrame({
-        ID: codes[summaries.COUNTRY_CODE].to_numpy(np.int64),
+        ID: codes[summary_dir.COUNTRY_CODE].to_numpy(np.int64),
         C.COUNTRY: codes[C.COUNTRY].astype(str).to_numpy(),
     })
     table[COUNT] = train_play_counts.reindex(table[ID]).fillna(0).to_numpy(np.int64)
@@ -192,7 +192,7 @@ def build_vocab(work: str | Path, engine: str = "local", spark_master: str | Non
         else:
             names, per_code, plays_in = local_train_counts(source)
         tables = {name: fit_vocab(counts, VOCAB_KEYS[name]) for name, counts in names.items()}
-        tables["countries"] = country_vocab(summaries.load_country_vocab(layout.root), per_code)
+        tables["countries"] = country_vocab(summary_dir.load_country_vocab(layout.root), per_code)
         with atomic_dir(layout.vocab) as tmp:
             for name, table in tables.items():
                 write_vocab(table, tmp / f"{name}.csv")
