@@ -27,10 +27,11 @@ from utils.baseline.baselines import (
     ORACLE,
     oracle_predictions,
 )
-from utils.baseline.experiment_state import GROUND_TRUTH, Experiment, ModelResult
+from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
 from utils.core import evaluation
+from utils.core.columns import GROUND_TRUTH
 from utils.core.errors import SessionlenError
 from utils.core.stage_io import require_file
 

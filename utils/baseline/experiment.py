@@ -24,12 +24,13 @@ from utils.baseline.boosting import (
     fit_lightgbm_candidates,
     predict_lightgbm,
 )
-from utils.baseline.experiment_state import GROUND_TRUTH, Experiment, ModelResult
+from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, build_feature_set
 from utils.baseline.splits import split_minimum
 from utils.baseline.summary_dir import load_summaries, load_user_ids
 from utils.core import columns as C
 from utils.core import evaluation, plots
+from utils.core.columns import GROUND_TRUTH
 from utils.core.config import ModelParams, WorkLayout
 from utils.core.errors import DatasetTooSmallError, SessionlenError
 from utils.core.results import append_comparisons, append_experiments, utc_now

@@ -17,9 +17,6 @@ from utils.baseline.features import FeatureSet
 from utils.core import columns as C
 from utils.core.results import new_run_id
 
-# The folder of the raw data that holds the planted truth of a synthetic data set.
-GROUND_TRUTH = "ground_truth"
-
 
 @dataclass
 class ModelResult:

@@ -19,7 +19,6 @@ import pandas as pd
 from utils.baseline.peer_groups import fit_peer_groups, peer_features
 from utils.baseline.session_features import (
     LOG_LENGTH,
-    SPLIT,
     add_session_features,
     combine_splits,
 )
@@ -134,7 +133,7 @@ class FeatureSet:
 
 def _role_rows(sessions: pd.DataFrame, split_names: dict[str, str]) -> dict[str, np.ndarray]:
     """Row positions of each role, checking that every named split exists and that they differ."""
-    present = sorted(sessions[SPLIT].unique())
+    present = sorted(sessions[C.SPLIT].unique())
     rows = {}
     for role, name in split_names.items():
         # A split of the stage without sessions is too little data, which the caller explains.
@@ -142,7 +141,7 @@ def _role_rows(sessions: pd.DataFrame, split_names: dict[str, str]) -> dict[str,
             raise SessionlenError(
                 f"{role} split {name!r} not found in summary_dir; available: {', '.join(present)}"
             )
-        rows[role] = np.flatnonzero(sessions[SPLIT].to_numpy() == name)
+        rows[role] = np.flatnonzero(sessions[C.SPLIT].to_numpy() == name)
     if len(set(split_names.values())) != len(split_names):
         raise SessionlenError(f"train/validation/test splits must differ, got {split_names}")
     return rows

@@ -14,7 +14,6 @@ import pandas as pd
 from utils.core import columns as C
 from utils.core.errors import SessionlenError
 
-SPLIT = "split"
 LOG_LENGTH = "log_length"
 SECONDS_PER_YEAR = 365.25 * 86400.0
 RECENT_WINDOW = 5
@@ -35,7 +34,7 @@ def combine_splits(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
         missing = [c for c in C.SUMMARY_COLUMNS if c not in frame.columns]
         if missing:
             raise SessionlenError(f"summary split {name!r} lacks column(s) {', '.join(missing)}")
-        frames.append(frame[C.SUMMARY_COLUMNS].assign(**{SPLIT: name}))
+        frames.append(frame[C.SUMMARY_COLUMNS].assign(**{C.SPLIT: name}))
     if not frames:
         raise SessionlenError("no summary splits to build features from")
     sessions = pd.concat(frames, ignore_index=True)
@@ -43,7 +42,7 @@ def combine_splits(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     if bad.any():
         row = sessions[bad].iloc[0]
         raise SessionlenError(
-            f"summary split {row[SPLIT]!r}: user {row[C.USER_ID]} session {row[C.SESSION_ID]} "
+            f"summary split {row[C.SPLIT]!r}: user {row[C.USER_ID]} session {row[C.SESSION_ID]} "
             f"has an invalid current_session_length {row[C.CURRENT_SESSION_LENGTH]!r} "
             f"({int(bad.sum())} such rows)"
         )

@@ -20,17 +20,9 @@ from utils.baseline.summary_writer import write_summaries
 from utils.baseline.user_plays import user_files
 from utils.core.config import SessionParams, WorkLayout
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine_target
+from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_stage, write_manifest
 from utils.core.work_lock import locked_stage
-
-ENGINES = ("local", "spark")
-
-
-def check_engine(engine: str) -> None:
-    """Fail with a one-line error naming the valid engines."""
-    if engine not in ENGINES:
-        raise SessionlenError(f"unknown engine {engine!r}; valid engines: {', '.join(ENGINES)}")
 
 
 def engine_sessions(users: dict[str, list[Path]], gap_minutes: float, engine: str,

@@ -66,6 +66,8 @@ SUMMARY_COLUMNS = [
     PREVIOUS_SESSION_LENGTH, AVERAGE_SESSION_LENGTH, CURRENT_SESSION_LENGTH,
 ]
 SPLITS = ("train", "validate", "test")
+# The split a session belongs to, by name, in the sessions read back from summary_dir.
+SPLIT = "split"
 
 # WORK/final_dir/{train,validate,test}/{user_id}.csv
 CURRENT_TIMESTAMP = "current_timestamp"

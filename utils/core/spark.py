@@ -90,6 +90,15 @@ def check_reachable(url: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
         raise SessionlenError(f"{url}: cannot reach the {what} ({'; '.join(reasons)})")
 
 
+ENGINES = ("local", "spark")
+
+
+def check_engine(engine: str) -> None:
+    """Fail with a one-line error naming the valid engines."""
+    if engine not in ENGINES:
+        raise SessionlenError(f"unknown engine {engine!r}; valid engines: {', '.join(ENGINES)}")
+
+
 def check_engine_target(engine: str, master: str | None) -> None:
     """For the Spark engine, fail before any output is touched if Spark cannot be reached."""
     if engine == "spark":

@@ -17,12 +17,11 @@ import pandas as pd
 
 from utils.core import columns as C
 from utils.core.config import WorkLayout
-from utils.core.spark import check_engine_target
+from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
 from utils.core.work_lock import locked_stage
 from utils.data_processing.denormalize_fields import USER_FILE, metadata_lookup, profile_lookup
 from utils.data_processing.track_metadata import read_metadata_file
-from utils.data_processing.tracks import check_engine
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

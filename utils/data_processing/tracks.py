@@ -21,7 +21,7 @@ from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.csv_text import format_fixed, format_int, join_lines, quote_minimal, write_lines
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine_target
+from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, write_manifest
 from utils.core.work_lock import locked_stage
 from utils.data_processing.track_rules import MAX_IN_SESSION_GAP_S, name_key
@@ -29,13 +29,6 @@ from utils.data_processing.track_rules import MAX_IN_SESSION_GAP_S, name_key
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-ENGINES = ("local", "spark")
-
-
-def check_engine(engine: str) -> None:
-    """Fail with a one-line error on an unknown engine name."""
-    if engine not in ENGINES:
-        raise SessionlenError(f"unknown engine {engine!r}; valid engines: {', '.join(ENGINES)}")
 
 
 def encode(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:

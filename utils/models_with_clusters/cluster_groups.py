@@ -22,9 +22,9 @@ import pandas as pd
 from utils.baseline.features import TargetScaler
 from utils.core.config import ClusterParams
 from utils.core.errors import DatasetTooSmallError, SessionlenError
+from utils.models_with_clusters.clustering import UNCLUSTERED
 
 GLOBAL = -1  # group of the rows the global model predicts (and of the global scaler)
-UNCLUSTERED = "unclustered"
 # A cluster needs this many train sessions for a model of its own; below, its users go global.
 MIN_TRAIN_SESSIONS = 20
 # The "raw" target: log1p(seconds) unchanged.

@@ -31,7 +31,6 @@ from utils.core.config import ClusterParams, ModelParams
 from utils.core.errors import SessionlenError
 from utils.models_with_clusters.cluster_groups import (
     GLOBAL,
-    UNCLUSTERED,
     check_some_trainable,
     fit_scalers,
     group_names,
@@ -41,6 +40,7 @@ from utils.models_with_clusters.cluster_groups import (
     unstandardize,
 )
 from utils.models_with_clusters.clustering import (
+    UNCLUSTERED,
     archetype_agreement,
     check_enough_users,
     cluster_users,

@@ -26,12 +26,11 @@ from utils.core.stage_io import require_stage
 VOCAB_STAGE = "vocab"
 SESSION_DATA_STAGE = "session_data"
 PROFILES_STAGE = "profiles"
-ENGINES = ("local", "spark")
 # Vocabulary files: id, key columns, train plays; id 0 is a name never seen in training.
 ID = "id"
 COUNT = "count"
 UNKNOWN_ID = 0
-SPLIT = "split"  # index into columns.SPLITS: 0 train, 1 validate, 2 test
+SPLIT_INDEX = "split_index"  # index into columns.SPLITS: 0 train, 1 validate, 2 test
 # Summary lengths are rounded to the millisecond; recomputed ones may differ by half of one.
 LENGTH_TOLERANCE_S = 1e-3
 _INT_COLUMNS = {
@@ -48,7 +47,7 @@ FROM_SESSION = {
     C.PREVIOUS_SESSION_LENGTH: C.PREVIOUS_SESSION_LENGTH,
     C.AVERAGE_SESSION_LENGTH: C.AVERAGE_SESSION_LENGTH, C.GENDER: C.GENDER, C.AGE: C.AGE,
     C.COUNTRY: C.COUNTRY, C.REGISTERED: C.REGISTERED, C.SESSION_LENGTH: C.CURRENT_SESSION_LENGTH,
-    SPLIT: SPLIT,
+    SPLIT_INDEX: SPLIT_INDEX,
 }
 
 
@@ -66,12 +65,6 @@ class ProfileParts:
     top_track: pd.Series
     rows: pd.Series
     lengths: pd.DataFrame
-
-
-def check_engine(engine: str) -> None:
-    """Fail with a one-line error naming the valid engines."""
-    if engine not in ENGINES:
-        raise SessionlenError(f"unknown engine {engine!r}; valid engines: {', '.join(ENGINES)}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +99,7 @@ def open_play_source(layout: WorkLayout) -> PlaySource:
             f"{layout.summary_dir / summary_dir.USER_IDS_FILE}: no integer id for user "
             f"{unknown[0]} of user_dir ({len(unknown)} such users); rerun `sessionlen summarize`"
         )
-    frames = [frame.assign(**{SPLIT: np.int8(C.SPLITS.index(name))})
+    frames = [frame.assign(**{SPLIT_INDEX: np.int8(C.SPLITS.index(name))})
               for name, frame in summary_dir.load_summaries(layout.root).items()]
     sessions = pd.concat(frames, ignore_index=True).sort_values(
         [C.USER_ID, C.TIMESTAMP], kind="stable", ignore_index=True)

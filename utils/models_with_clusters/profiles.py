@@ -18,7 +18,7 @@ from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
 from utils.core.config import ClusterParams, WorkLayout
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine_target
+from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import (
     Timer,
     annotate_stage,
@@ -34,7 +34,6 @@ from utils.models_with_clusters.final_dir import (
     SESSION_DATA_STAGE,
     UNKNOWN_ID,
     ProfileParts,
-    check_engine,
 )
 from utils.models_with_clusters.session_data import read_final_split
 

@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine_target
+from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import (
     Timer,
     annotate_stage,
@@ -34,7 +34,6 @@ from utils.models_with_clusters.final_dir import (
     SESSION_DATA_STAGE,
     SPLIT_COUNTS,
     PlaySource,
-    check_engine,
     check_play_count,
     open_play_source,
     split_counts,

@@ -23,8 +23,8 @@ from utils.core import columns as C
 from utils.core.spark import get_spark
 from utils.models_with_clusters.final_dir import (
     ID,
-    SPLIT,
     SPLIT_COUNTS,
+    SPLIT_INDEX,
     UNKNOWN_ID,
     PlaySource,
     split_counts,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 TARGET = "_target"
-COUNTS_SCHEMA = ", ".join([f"{SPLIT} int", *[f"{name} long" for name in SPLIT_COUNTS]])
+COUNTS_SCHEMA = ", ".join([f"{SPLIT_INDEX} int", *[f"{name} long" for name in SPLIT_COUNTS]])
 
 
 def with_times_played(plays: DataFrame) -> DataFrame:
@@ -75,7 +75,7 @@ def write_user_split(rows: pd.DataFrame) -> pd.DataFrame:
     return their SPLIT_COUNTS."""
     rows = rows.sort_values(PLAY_RANK, kind="stable", ignore_index=True)
     write_final_csv(rows, Path(rows[TARGET].iloc[0]))
-    return pd.DataFrame([{SPLIT: int(rows[SPLIT].iloc[0]), **split_counts(rows)}])
+    return pd.DataFrame([{SPLIT_INDEX: int(rows[SPLIT_INDEX].iloc[0]), **split_counts(rows)}])
 
 
 def with_target(rows: DataFrame, out: dict[str, Path]) -> DataFrame:
@@ -84,8 +84,8 @@ def with_target(rows: DataFrame, out: dict[str, Path]) -> DataFrame:
     from pyspark.sql import functions as F
 
     folders = F.array(*[F.lit(os.path.abspath(out[name]) + os.sep) for name in C.SPLITS])
-    return rows.withColumn(TARGET, F.concat(F.element_at(folders, F.col(SPLIT).cast("int") + 1),
-                                            F.col(SOURCE_ID), F.lit(".csv")))
+    folder = F.element_at(folders, F.col(SPLIT_INDEX).cast("int") + 1)
+    return rows.withColumn(TARGET, F.concat(folder, F.col(SOURCE_ID), F.lit(".csv")))
 
 
 def spark_session_data(source: PlaySource, vocabs: dict[str, pd.DataFrame],
@@ -98,9 +98,10 @@ def spark_session_data(source: PlaySource, vocabs: dict[str, pd.DataFrame],
     spark = get_spark(master)
     plays, plays_in = split_plays(spark, source)
     rows = with_vocab_ids(spark, with_times_played(plays), vocabs["artists"], vocabs["tracks"])
-    written = with_target(rows, out).select(TARGET, PLAY_RANK, *C.FINAL_COLUMNS, SPLIT).groupBy(
-        TARGET).applyInPandas(write_user_split, COUNTS_SCHEMA)
+    written = with_target(rows, out).select(
+        TARGET, PLAY_RANK, *C.FINAL_COLUMNS, SPLIT_INDEX).groupBy(TARGET).applyInPandas(
+        write_user_split, COUNTS_SCHEMA)
     counts = rows_table(written)
-    totals = counts.groupby(SPLIT)[SPLIT_COUNTS].sum()
+    totals = counts.groupby(SPLIT_INDEX)[SPLIT_COUNTS].sum()
     return {name: {key: int(totals[key].get(index, 0)) for key in SPLIT_COUNTS}
             for index, name in enumerate(C.SPLITS)}, plays_in

@@ -23,7 +23,7 @@ from utils.baseline.user_plays import read_user_plays as read_checked_plays
 from utils.core import columns as C
 from utils.models_with_clusters.final_dir import (
     FROM_SESSION,
-    SPLIT,
+    SPLIT_INDEX,
     PlaySource,
     check_sessions_match,
 )
@@ -126,7 +126,7 @@ class SplitPlays:
 
     def in_split(self, name: str) -> np.ndarray:
         """Boolean mask of the rows of one split."""
-        return self.rows[SPLIT].to_numpy() == C.SPLITS.index(name)
+        return self.rows[SPLIT_INDEX].to_numpy() == C.SPLITS.index(name)
 
     def name_counts(self, kind: str, mask: np.ndarray) -> pd.DataFrame:
         """Plays per distinct artist or track (kind "artists" | "tracks") among masked rows."""
@@ -149,7 +149,7 @@ def split_plays(user: str, plays: UserPlays, sessions: pd.DataFrame, gap_minutes
         C.TRACK_NAME: plays.track,
     }
     merged = {**session, **play}
-    rows = pd.DataFrame({name: merged[name] for name in [*C.FINAL_COLUMNS, SPLIT]})
+    rows = pd.DataFrame({name: merged[name] for name in [*C.FINAL_COLUMNS, SPLIT_INDEX]})
     return SplitPlays(user, rows, plays.artists, plays.tracks)
 
 

@@ -21,7 +21,7 @@ from utils.baseline import summary_dir
 from utils.core import columns as C
 from utils.core.config import WorkLayout
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine_target
+from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, forget_stage, require_stage, write_manifest
 from utils.core.work_lock import locked_stage
 from utils.models_with_clusters.final_dir import (
@@ -30,7 +30,6 @@ from utils.models_with_clusters.final_dir import (
     UNKNOWN_ID,
     VOCAB_STAGE,
     PlaySource,
-    check_engine,
     check_play_count,
     open_play_source,
 )

@@ -11,7 +11,7 @@ import pandas as pd
 
 from utils.core import columns as C
 from utils.core.spark import get_spark
-from utils.models_with_clusters.final_dir import COUNT, SPLIT, PlaySource
+from utils.models_with_clusters.final_dir import COUNT, SPLIT_INDEX, PlaySource
 from utils.models_with_clusters.split_plays_spark import rows_table, split_plays
 
 
@@ -20,7 +20,7 @@ def spark_train_counts(source: PlaySource, master: str | None) -> tuple[pd.DataF
     from pyspark.sql import functions as F
 
     plays, plays_in = split_plays(get_spark(master), source)
-    train = plays.where(F.col(SPLIT) == C.SPLITS.index("train"))
+    train = plays.where(F.col(SPLIT_INDEX) == C.SPLITS.index("train"))
     counts = train.groupBy(C.ARTIST_NAME, C.TRACK_NAME, C.COUNTRY).agg(
         F.count(F.lit(1)).alias(COUNT))
     return rows_table(counts), plays_in
