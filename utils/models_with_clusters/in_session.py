@@ -20,6 +20,7 @@ from utils.baseline.baselines import (
     GLOBAL_MEDIAN_LASTED,
     GT_START,
     IN_SESSION_BASELINES,
+    ORACLE,
     USER_MEDIAN_LASTED,
     USER_REMAINING,
     oracle_predictions,
@@ -51,7 +52,6 @@ STAGE = "in_session"
 BASELINES = IN_SESSION_BASELINES
 # normalized_mae of this stage is a model's MAE over baseline (a)'s on the same rows.
 NORMALIZER = USER_MEDIAN_LASTED
-ORACLE = "oracle"
 # A checkpoint needs sessions of every role to be fitted, stopped and scored.
 MIN_ROWS = {"train": 20, "validate": 5, "test": 5}
 

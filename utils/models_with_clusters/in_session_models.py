@@ -25,13 +25,17 @@ from utils.models_with_clusters.in_session_features import PLAY_FEATURES, PlaySe
 
 # Importing the baseline networks' module first sets TensorFlow's logging, CPU kernels and
 # fixed thread counts, so the in-session networks are as reproducible as theirs.
-from utils.baseline.models import EMBEDDING_DIMS, EpochLogger, seed_everything  # isort: skip
+from utils.baseline.models import (  # isort: skip
+    EMBEDDING_DIMS,
+    PREDICT_BATCH,
+    EpochLogger,
+    seed_everything,
+)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 ROLES = ("train", "validate", "test")
-PREDICT_BATCH = 4096
 
 
 @dataclass

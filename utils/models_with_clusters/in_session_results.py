@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from utils.baseline.baselines import ORACLE
 from utils.baseline.distribution import point_only
 from utils.baseline.experiment import TRAINED_KINDS, reference_baseline
 from utils.core import columns as C
@@ -29,7 +30,6 @@ from utils.core.work_lock import stage_lock
 from utils.models_with_clusters.in_session import (
     BASELINES,
     NORMALIZER,
-    ORACLE,
     STAGE,
     Checkpoint,
     InSessionRun,
