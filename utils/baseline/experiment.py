@@ -203,10 +203,9 @@ def results_table(experiment: Experiment) -> pd.DataFrame:
     spread = distribution.distribution_scores(experiment)
     rows = [{
         "label": r.label, "model": r.model, "kind": r.kind, "n_test": len(actual),
-        "val_mae_s": val_mae[r.label], **metrics.loc[r.label].to_dict(),
-        "rmse_s": evaluation.rmse(actual, r.predictions_s),
-        "baseline_mae_s": float(metrics.loc[NORMALIZER, "mae_s"]), "reference": reference,
-        "selected": r.label == selected, "train_seconds": r.train_seconds,
+        **evaluation.metric_columns(r.label, actual, r.predictions_s, val_mae, metrics,
+                                    NORMALIZER, reference, selected),
+        "train_seconds": r.train_seconds,
         "params": json.dumps(_oracle_params(experiment, r), sort_keys=True),
         **spread.loc[r.label].to_dict(),
     } for r in experiment.results]

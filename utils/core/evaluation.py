@@ -172,6 +172,20 @@ def score_table(scores: BootstrapScores, normalizer: str, reference: str, oracle
                                  "diff_vs_reference": "diff_vs_reference_s"})
 
 
+def metric_columns(label: str, actual: np.ndarray, predicted: np.ndarray,
+                   val_mae: dict[str, float], metrics: pd.DataFrame, normalizer: str,
+                   reference: str, selected: str | None) -> dict[str, Any]:
+    """One model's metric columns as every stage records them: its validation MAE, its test
+    metrics with their intervals (a `score_table` row), RMSE, the normalizer's test MAE, the
+    reference baseline and whether it is the model picked on validation."""
+    return {
+        "val_mae_s": val_mae[label], **metrics.loc[label].to_dict(),
+        "rmse_s": rmse(actual, predicted),
+        "baseline_mae_s": float(metrics.loc[normalizer, "mae_s"]), "reference": reference,
+        "selected": label == selected,
+    }
+
+
 def verdict(first: str, second: str, low: float, high: float) -> str:
     """What an interval of MAE(first) - MAE(second) allows to say about the two models."""
     if high < 0:

@@ -65,10 +65,9 @@ def checkpoint_table(run: InSessionRun, point: Checkpoint) -> pd.DataFrame:
     actual = point.data.length_s["test"]
     rows = [{
         "label": r.model, "model": r.model, "kind": r.kind, "n_test": len(actual),
-        "val_mae_s": val_mae[r.model], **metrics.loc[r.model].to_dict(),
-        "rmse_s": evaluation.rmse(actual, r.predictions_s),
-        "baseline_mae_s": float(metrics.loc[NORMALIZER, "mae_s"]), "reference": reference,
-        "selected": r.model == selected, "train_seconds": r.train_seconds,
+        **evaluation.metric_columns(r.model, actual, r.predictions_s, val_mae, metrics,
+                                    NORMALIZER, reference, selected),
+        "train_seconds": r.train_seconds,
         "params": json.dumps(r.params, sort_keys=True), C.CHECKPOINT_S: point.checkpoint_s,
     } for r in point.results]
     return pd.DataFrame(rows)
