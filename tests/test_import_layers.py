@@ -1,4 +1,4 @@
-"""The package's import graph: no cycles, and every import points down the pipeline's layers.
+"""The package's shape: no import cycles, every import down the pipeline's layers, short modules.
 
 Imports inside functions count: hiding a dependency in a function body does not remove it.
 """
@@ -135,3 +135,9 @@ def test_function_level_imports_are_edges() -> None:
 @pytest.mark.parametrize("check", [cycles, upward_imports], ids=["no cycle", "layers"])
 def test_the_package_import_graph(check) -> None:
     assert check(import_graph()) == []
+
+
+def test_no_module_is_over_400_lines() -> None:
+    lengths = {name: len(path.read_text(encoding="utf-8").splitlines())
+               for name, path in all_modules().items()}
+    assert {name: n for name, n in lengths.items() if n > 400} == {}
