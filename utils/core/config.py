@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,26 +36,32 @@ USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
 class Scale:
     """A named dataset size: how many synthetic users, and how the notebooks are run for it.
 
-    `min_rows` and `min_sessions` are the clustering eligibility thresholds a run at this scale
-    applies, to any data: the original's 500 plays and 30 train sessions, shrunk in proportion
-    to the shorter histories of the smaller scales.
+    What a scale changes in the notebooks is only what it must: `min_rows` and `min_sessions`
+    are the clustering eligibility thresholds a run at this scale applies, to any data:
+    ClusterParams' (the original's 500 plays and 30 train sessions), shrunk in proportion to the
+    shorter histories of the smaller scales. `epochs` None leaves each notebook its own default.
+    utils.runner is the one place these reach the notebooks.
     """
 
     name: str
     users: int
     plays_factor: float
-    epochs: int
-    min_rows: int
-    min_sessions: int
+    epochs: int | None = None
+
+    @property
+    def min_rows(self) -> int:
+        return math.ceil(ClusterParams.min_rows * self.plays_factor)
+
+    @property
+    def min_sessions(self) -> int:
+        return math.ceil(ClusterParams.min_sessions * self.plays_factor)
 
 
 # plays_factor scales each user's history length; `full` matches the real dataset (19.15M plays).
 SCALES: dict[str, Scale] = {
-    "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2, min_rows=25, min_sessions=2),
-    "demo": Scale("demo", users=200, plays_factor=0.25, epochs=30, min_rows=125,
-                  min_sessions=8),
-    "full": Scale("full", users=992, plays_factor=1.0, epochs=30, min_rows=500,
-                  min_sessions=30),
+    "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2),
+    "demo": Scale("demo", users=200, plays_factor=0.25),
+    "full": Scale("full", users=992, plays_factor=1.0),
 }
 
 
