@@ -356,10 +356,9 @@ class ClusterModelParams(StrictParams):
     """models_with_clusters/5_train_and_test_model: the model trained once on every user and once
     per cluster.
 
-    `model` is "lightgbm" or a network name (as in ModelParams: gru, lstm, layered_gru, ...).
-    `lgbm_*` are its one LightGBM setting, and the defaults of
-    utils.baseline.boosting.BoostingSettings; the network knobs are ModelParams' with a single
-    `dropout`. `sequence_length` and `peer_groups` as in ModelParams.
+    `model` is "lightgbm", "gru" or "lstm". `lgbm_*` are its one LightGBM setting, and the
+    defaults of utils.baseline.boosting.BoostingSettings; the other knobs mean what ModelParams'
+    of the same name do, with one `dropout` value.
     """
 
     model: str = "lightgbm"
