@@ -43,7 +43,7 @@ def _positive_float(text: str) -> float:
 
 
 def _add_engine(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", choices=["local", "spark"], default="local")
+    parser.add_argument("--engine", choices=["local", "spark"], default=config.RunParams.engine)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--spark-master", default=None,
                        help="Spark master URL (default: $SPARK_REMOTE if set, else local[*])")
@@ -229,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summarize", help="sessions, per-session summaries and splits")
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--split", choices=["chrono", "seed"], default="chrono")
-    p.add_argument("--gap-minutes", type=_positive_float, default=config.SESSION_GAP_MINUTES)
-    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    session = config.SessionParams()
+    p.add_argument("--split", choices=["chrono", "seed"], default=session.split)
+    p.add_argument("--gap-minutes", type=_positive_float, default=session.gap_minutes)
+    p.add_argument("--seed", type=int, default=session.seed)
     _add_engine(p)
     _add_no_wait(p)
     p.set_defaults(func=cmd_summarize)
@@ -250,9 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profiles", help="train-only user profiles for clustering")
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--min-rows", type=int, default=500)
-    p.add_argument("--min-sessions", type=int, default=30)
-    p.add_argument("--max-average-length", type=_positive_float, default=20000.0)
+    cluster = config.ClusterParams()
+    p.add_argument("--min-rows", type=int, default=cluster.min_rows)
+    p.add_argument("--min-sessions", type=int, default=cluster.min_sessions)
+    p.add_argument("--max-average-length", type=_positive_float,
+                   default=cluster.max_average_length)
     _add_no_wait(p)
     _add_engine(p)
     p.set_defaults(func=cmd_profiles)
@@ -270,9 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, default=None,
                    help="raw data dir (default: real data if present, else synthetic)")
     p.add_argument("--work", type=Path, default=None, help="WORK dir (default work/<scale>)")
-    p.add_argument("--scale", choices=list(config.SCALES), default="demo")
-    p.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
-    p.add_argument("--engine", choices=["local", "spark"], default="local")
+    run = config.RunParams()
+    p.add_argument("--scale", choices=list(config.SCALES), default=run.scale)
+    p.add_argument("--seed", type=int, default=run.seed)
+    p.add_argument("--engine", choices=["local", "spark"], default=run.engine)
     _add_mechanics(p)
     p.add_argument("--strict", action="store_true",
                    help="fail when the data is too small for a notebook instead of skipping it")

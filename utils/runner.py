@@ -111,9 +111,9 @@ class RunPaths:
 def run_pipeline(
     raw: str | Path | None = None,
     work: str | Path | None = None,
-    scale: str = "demo",
-    engine: str = "local",
-    seed: int = config.DEFAULT_SEED,
+    scale: str = config.RunParams.scale,
+    engine: str = config.RunParams.engine,
+    seed: int = config.RunParams.seed,
     notebooks: list[Path] | None = None,
     mechanics: str = config.SYNTH_MECHANICS[0],
     strict: bool = False,
@@ -134,10 +134,13 @@ def run_pipeline(
     paths = RunPaths(raw_path, layout.root, layout.notebooks, layout.figures, layout.experiments,
                      layout.results / "report.md")
     print(f"raw data: {raw_path}\nWORK: {layout.root}", flush=True)
+    # Every other notebook parameter keeps its default from utils.core.config; this is the one
+    # place where a scale overrides some of them.
     injected = {
-        "scale": scale, "work_dir": str(layout.root), "raw_dir": str(raw_path), "seed": seed,
-        "engine": engine, "epochs": scale_cfg.epochs, "min_rows": scale_cfg.min_rows,
-        "min_sessions": scale_cfg.min_sessions,
+        **config.RunParams(scale=scale, work_dir=str(layout.root), raw_dir=str(raw_path),
+                           seed=seed, engine=engine).to_dict(),
+        "min_rows": scale_cfg.min_rows, "min_sessions": scale_cfg.min_sessions,
+        **({"epochs": scale_cfg.epochs} if scale_cfg.epochs is not None else {}),
     }
     clear_skips(layout.root)
     skipped: list[SkipNote] = []

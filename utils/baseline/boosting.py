@@ -23,7 +23,7 @@ import pandas as pd
 
 from utils.baseline.features import FeatureSet, tabular_features
 from utils.core import evaluation
-from utils.core.config import StrictParams
+from utils.core.config import DEFAULT_SEED, ClusterModelParams, StrictParams
 from utils.core.errors import SessionlenError
 from utils.core.parallel import worker_count
 
@@ -38,15 +38,16 @@ class BoostingSettings(StrictParams):
     around its conditional median, so the signal a split can find is small next to the noise,
     and each leaf needs hundreds of sessions before its median means something. Early stopping
     on the validation split sets the number of trees; `candidate_settings` varies the rest.
+    The defaults are the one setting models_with_clusters/5 trains (config.ClusterModelParams).
     """
 
-    learning_rate: float = 0.03
-    num_leaves: int = 4
-    min_child_samples: int = 300
+    learning_rate: float = ClusterModelParams.lgbm_learning_rate
+    num_leaves: int = ClusterModelParams.lgbm_num_leaves
+    min_child_samples: int = ClusterModelParams.lgbm_min_child_samples
     feature_fraction: float = 0.8
-    max_rounds: int = 3000
+    max_rounds: int = ClusterModelParams.lgbm_max_rounds
     early_stopping_rounds: int = 100
-    seed: int = 1
+    seed: int = DEFAULT_SEED
 
     def lightgbm_params(self) -> dict[str, Any]:
         """The parameter dict LightGBM reads."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,26 +36,32 @@ USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
 class Scale:
     """A named dataset size: how many synthetic users, and how the notebooks are run for it.
 
-    `min_rows` and `min_sessions` are the clustering eligibility thresholds a run at this scale
-    applies, to any data: the original's 500 plays and 30 train sessions, shrunk in proportion
-    to the shorter histories of the smaller scales.
+    What a scale changes in the notebooks is only what it must: `min_rows` and `min_sessions`
+    are the clustering eligibility thresholds a run at this scale applies, to any data:
+    ClusterParams' (the original's 500 plays and 30 train sessions), shrunk in proportion to the
+    shorter histories of the smaller scales. `epochs` None leaves each notebook its own default.
+    utils.runner is the one place these reach the notebooks.
     """
 
     name: str
     users: int
     plays_factor: float
-    epochs: int
-    min_rows: int
-    min_sessions: int
+    epochs: int | None = None
+
+    @property
+    def min_rows(self) -> int:
+        return math.ceil(ClusterParams.min_rows * self.plays_factor)
+
+    @property
+    def min_sessions(self) -> int:
+        return math.ceil(ClusterParams.min_sessions * self.plays_factor)
 
 
 # plays_factor scales each user's history length; `full` matches the real dataset (19.15M plays).
 SCALES: dict[str, Scale] = {
-    "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2, min_rows=25, min_sessions=2),
-    "demo": Scale("demo", users=200, plays_factor=0.25, epochs=30, min_rows=125,
-                  min_sessions=8),
-    "full": Scale("full", users=992, plays_factor=1.0, epochs=30, min_rows=500,
-                  min_sessions=30),
+    "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2),
+    "demo": Scale("demo", users=200, plays_factor=0.25),
+    "full": Scale("full", users=992, plays_factor=1.0),
 }
 
 
@@ -215,6 +222,42 @@ def _type_name(hint: Any) -> str:
 
 
 @dataclass(frozen=True)
+class RunParams(StrictParams):
+    """Where and how every notebook runs: what `sessionlen run` passes to each of them.
+
+    Empty `work_dir` and `raw_dir` mean the scale's defaults (resolve_work, resolve_raw).
+    """
+
+    scale: str = "demo"
+    work_dir: str = ""
+    raw_dir: str = ""
+    seed: int = DEFAULT_SEED
+    engine: typing.Literal["local", "spark"] = "local"
+
+
+@dataclass(frozen=True)
+class DisplayParams(StrictParams):
+    """What the notebooks show, never what they compute or write to WORK.
+
+    `top_n`: the most played tracks data_processing/1 lists; `sample_rows`: the rows shown by
+    data_processing/3 and (from split `sample_split`) models_with_clusters/2; `top_names`: the
+    most frequent names per vocabulary in models_with_clusters/1; `elbow_k_max`,
+    `silhouette_k`, `plot_x` and `plot_y`: the figures of models_with_clusters/4;
+    `survival_examples`: the listeners whose survival curves baseline/2 draws.
+    """
+
+    top_n: int = 20
+    sample_rows: int = 10
+    top_names: int = 10
+    sample_split: str = "train"
+    elbow_k_max: int = 10
+    silhouette_k: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
+    plot_x: str = "average_session_length"
+    plot_y: str = "total_sessions"
+    survival_examples: int = 3
+
+
+@dataclass(frozen=True)
 class SessionParams(StrictParams):
     """The session rule and the split (DESIGN.md, 'Session rule' and 'Evaluation protocol').
 
@@ -230,7 +273,8 @@ class SessionParams(StrictParams):
 
 @dataclass(frozen=True)
 class CrawlParams(StrictParams):
-    """The track.getInfo crawler."""
+    """The track.getInfo crawler. `use_api` False estimates every duration offline even when an
+    API key is set (data_processing/2)."""
 
     rate: float = 5.0
     concurrency: int = 4
@@ -241,11 +285,21 @@ class CrawlParams(StrictParams):
     backoff_cap_s: float = 60.0
     autocorrect: int = 1
     default_duration_s: float = 240.0
+    use_api: bool = True
 
 
 @dataclass(frozen=True)
 class ModelParams(StrictParams):
-    """The baseline stage's networks: the original's knobs plus real sequences and a seed."""
+    """baseline/2_train_and_test_model: the networks (the original's knobs plus real sequences
+    and a seed), the LightGBM search, the quantile models, and the splits in each role.
+
+    Each network reads the user's last `sequence_length` sessions. `compare_networks` trains
+    the GRU, LSTM and layered LSTM side by side (plus the network the flags name), False only
+    the one the flags name. `peer_groups` is passed to the start-time features (None: chosen by
+    BIC on train users). LightGBM fits every combination of `lgbm_num_leaves` and
+    `lgbm_feature_fraction` and keeps the one with the lowest validation MAE; the quantile
+    LightGBM reuses that choice, the quantile network trains for at most `quantile_epochs`.
+    """
 
     model_lstm: bool = False
     layered: bool = False
@@ -253,12 +307,24 @@ class ModelParams(StrictParams):
     dropout: list[float] = field(default_factory=lambda: [0.0, 0.2])
     loss_func: str = "mae"
     optimizer: str = "adam"
-    hidden_dim: int = 32
+    hidden_dim: int = 8
     batch_size: int = 256
     epochs: int = 30
     sequence_length: int = 10
-    patience: int = 4
-    learning_rate: float = 0.002
+    patience: int = 6
+    learning_rate: float = 0.005
+    compare_networks: bool = True
+    peer_groups: int | None = None
+    train_file: str = "train"
+    validation_file: str = "validate"
+    test_file: str = "test"
+    lgbm_learning_rate: float = 0.03
+    lgbm_num_leaves: list[int] = field(default_factory=lambda: [4, 16])
+    lgbm_feature_fraction: list[float] = field(default_factory=lambda: [0.3, 0.8])
+    lgbm_min_child_samples: int = 200
+    lgbm_max_rounds: int = 3000
+    quantile_levels: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    quantile_epochs: int = 12
     seed: int = DEFAULT_SEED
 
 
@@ -282,6 +348,34 @@ class ClusterParams(StrictParams):
     min_sessions: int = 30
     max_average_length: float = 20000.0
     min_cluster_users: int = 5
+    seed: int = DEFAULT_SEED
+
+
+@dataclass(frozen=True)
+class ClusterModelParams(StrictParams):
+    """models_with_clusters/5_train_and_test_model: the model trained once on every user and once
+    per cluster.
+
+    `model` is "lightgbm", "gru" or "lstm". `lgbm_*` are its one LightGBM setting, and the
+    defaults of utils.baseline.boosting.BoostingSettings; the other knobs mean what ModelParams'
+    of the same name do, with one `dropout` value.
+    """
+
+    model: str = "lightgbm"
+    sequence_length: int = 10
+    peer_groups: int | None = None
+    lgbm_learning_rate: float = 0.03
+    lgbm_num_leaves: int = 4
+    lgbm_min_child_samples: int = 300
+    lgbm_max_rounds: int = 3000
+    hidden_dim: int = 8
+    dropout: float = 0.0
+    loss_func: str = "mae"
+    optimizer: str = "adam"
+    batch_size: int = 256
+    epochs: int = 30
+    patience: int = 6
+    learning_rate: float = 0.005
     seed: int = DEFAULT_SEED
 
 
