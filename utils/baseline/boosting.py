@@ -23,9 +23,10 @@ import pandas as pd
 
 from utils.baseline.features import FeatureSet, tabular_features
 from utils.core import evaluation
-from utils.core.config import DEFAULT_SEED, ClusterModelParams, StrictParams
+from utils.core.config import DEFAULT_SEED, ClusterModelParams
 from utils.core.errors import SessionlenError
 from utils.core.parallel import worker_count
+from utils.core.strict_params import StrictParams
 
 LOG_EVERY = 100
 
