@@ -3,13 +3,10 @@ results it records, and (slow) whether it beats the baselines on demo-scale synt
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -200,17 +197,6 @@ def test_experiment_rows_carry_stage_and_checkpoint(tmp_path: Path) -> None:
         append_experiments(tmp_path, [experiment_row("in_session", None)])
     with pytest.raises(SessionlenError, match="checkpoint_s must be given"):
         append_experiments(tmp_path, [experiment_row("clusters", 600)])
-
-
-def test_notebook_parameters_are_the_dataclass_defaults() -> None:
-    cells = nbformat.read(NOTEBOOK, as_version=4).cells
-    source = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
-    values = {node.targets[0].id: ast.literal_eval(node.value)
-              for node in ast.parse(source).body}
-    defaults = InSessionParams().to_dict()
-    assert {k: v for k, v in values.items() if k in defaults} == defaults
-    assert set(values) - set(defaults) == {"scale", "work_dir", "raw_dir"}
-    assert [f.name for f in dataclasses.fields(InSessionParams)] == list(defaults)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from utils.baseline.experiment_state import Experiment
 from utils.baseline.survival import SurvivalModel, empirical_survival, survival_curves
 from utils.core import columns as C
 from utils.core import plots
-from utils.core.config import WorkLayout
+from utils.core.config import DisplayParams, WorkLayout
 
 # A listener's curve of earlier sessions needs enough of them to be a curve.
 MIN_EARLIER_SESSIONS = 20
@@ -128,7 +128,9 @@ def survival_examples(experiment: Experiment, survival: SurvivalModel, count: in
 
 
 def draw_distribution_figures(experiment: Experiment, table: pd.DataFrame,
-                              survival: SurvivalModel, examples: int = 3) -> dict[str, Figure]:
+                              survival: SurvivalModel,
+                              examples: int = DisplayParams.survival_examples
+                              ) -> dict[str, Figure]:
     """The calibration and survival figures, saved under WORK/results/figures/ and returned."""
     mine = [r for r in experiment.results if r.quantiles_s is not None]
     chosen = table.loc[table["selected_distribution"].astype(bool), "label"]

@@ -44,9 +44,12 @@ HEADROOM_REFERENCE = "user_median"
 TRAINED_KINDS = ("network", "lightgbm")
 
 
-def start_experiment(work: str | Path, sequence_length: int, train_file: str = "train",
-                     validation_file: str = "validate", test_file: str = "test",
-                     peer_groups: int | None = None, seed: int = 1) -> Experiment:
+def start_experiment(work: str | Path, sequence_length: int,
+                     train_file: str = ModelParams.train_file,
+                     validation_file: str = ModelParams.validation_file,
+                     test_file: str = ModelParams.test_file,
+                     peer_groups: int | None = ModelParams.peer_groups,
+                     seed: int = ModelParams.seed) -> Experiment:
     """Load WORK/summary_dir and build the features and sequences every model shares."""
     splits = load_summaries(Path(work))
     features = build_feature_set(splits, sequence_length, train_file, validation_file, test_file,
@@ -124,7 +127,8 @@ def feature_params(features: FeatureSet) -> dict[str, Any]:
     return {"peer_groups": features.peer_groups}
 
 
-def train_networks(experiment: Experiment, params: ModelParams, compare_networks: bool = True,
+def train_networks(experiment: Experiment, params: ModelParams,
+                   compare_networks: bool = ModelParams.compare_networks,
                    log: Callable[[str], None] = print) -> pd.DataFrame:
     """Train each network once per dropout value; return one summary line per network."""
     from utils.baseline.models import fit_network, networks_to_train, predict_seconds

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from utils.core import columns as C
-from utils.core.config import WorkLayout
+from utils.core.config import DisplayParams, WorkLayout
 from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
 from utils.core.work_lock import locked_stage
@@ -100,7 +100,8 @@ def plot_rows_per_user(counts: pd.Series, out: Path | None = None) -> Figure:
     return finish_figure(fig, out)
 
 
-def user_sample(work: Path, user: str | None = None, rows: int = 10) -> pd.DataFrame:
+def user_sample(work: Path, user: str | None = None, rows: int = DisplayParams.sample_rows
+                ) -> pd.DataFrame:
     """The first `rows` lines of a user's file (default: the user with the most plays)."""
     user = user or str(rows_per_user(work).index[0])
     path = WorkLayout(Path(work)).user_dir / user / USER_FILE

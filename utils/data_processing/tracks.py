@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils.core import columns as C
-from utils.core.config import WorkLayout
+from utils.core.config import DisplayParams, WorkLayout
 from utils.core.csv_text import format_fixed, format_int, join_lines, quote_minimal, write_lines
 from utils.core.errors import SessionlenError
 from utils.core.spark import check_engine, check_engine_target
@@ -266,7 +266,7 @@ def build_unique_tracks(raw: Path, work: Path, engine: str = "local",
             "seconds": round(build.seconds + write.seconds, 3)}
 
 
-def top_tracks(work: Path, n: int = 20) -> pd.DataFrame:
+def top_tracks(work: Path, n: int = DisplayParams.top_n) -> pd.DataFrame:
     """The `n` most played tracks: names, MBIDs, play count and the duration evidence."""
     tracks = read_unique_tracks(WorkLayout(Path(work)).unique_tracks)
     return tracks.head(n).drop(columns=[C.ARTIST_KEY, C.TRACK_KEY])

@@ -27,7 +27,7 @@ from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, TargetScaler, tabular_features
 from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
-from utils.core.config import ClusterParams, ModelParams
+from utils.core.config import ClusterModelParams, ClusterParams, ModelParams
 from utils.core.errors import SessionlenError
 from utils.models_with_clusters.cluster_groups import (
     GLOBAL,
@@ -125,8 +125,10 @@ class ClusterExperiment:
 
 
 def start_cluster_experiment(work: str | Path, raw: str | Path | None, params: ClusterParams,
-                             model: str = "lightgbm", sequence_length: int = 10,
-                             peer_groups: int | None = None) -> ClusterExperiment:
+                             model: str = ClusterModelParams.model,
+                             sequence_length: int = ClusterModelParams.sequence_length,
+                             peer_groups: int | None = ClusterModelParams.peer_groups
+                             ) -> ClusterExperiment:
     """Cluster the eligible users, build the shared features and decide which clusters train."""
     check_model_options(params, model)
     check_enough_users(work, params)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from utils.core import columns as C
-from utils.core.config import WorkLayout
+from utils.core.config import DisplayParams, WorkLayout
 from utils.core.errors import SessionlenError
 from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import (
@@ -150,7 +150,8 @@ def read_final_split(work: str | Path, split: str, users: list[str] | None = Non
     return pa.concat_tables(tables).to_pandas()
 
 
-def sample_rows(work: str | Path, split: str = "train", rows: int = 10) -> pd.DataFrame:
+def sample_rows(work: str | Path, split: str = DisplayParams.sample_split,
+                rows: int = DisplayParams.sample_rows) -> pd.DataFrame:
     """The first rows of the first user's file of a split, to see what the files hold."""
     final_dir = WorkLayout(Path(work)).final_dir
     require_stage(final_dir, STAGE)

@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 
 from utils.baseline import summary_dir
 from utils.core import columns as C
-from utils.core.config import WorkLayout
+from utils.core.config import DisplayParams, WorkLayout
 from utils.core.errors import SessionlenError
 from utils.core.spark import check_engine, check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, forget_stage, require_stage, write_manifest
@@ -207,7 +207,7 @@ def build_vocab(work: str | Path, engine: str = "local", spark_master: str | Non
             "vocab_dir": str(layout.vocab), "seconds": round(timer.seconds, 2)}
 
 
-def vocab_overview(work: str | Path, top: int = 10) -> pd.DataFrame:
+def vocab_overview(work: str | Path, top: int = DisplayParams.top_names) -> pd.DataFrame:
     """The most frequent entries of each vocabulary side by side, for a quick look."""
     rows = []
     for name, vocab in read_vocabularies(work).items():
