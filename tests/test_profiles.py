@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +143,9 @@ def test_bad_thresholds_and_missing_stage(tmp_path: Path, work: Path) -> None:
 
 
 def test_scales_shrink_thresholds_with_their_histories() -> None:
-    for scale in SCALES.values():
-        assert scale.min_rows == math.ceil(ClusterParams().min_rows * scale.plays_factor)
-        assert scale.min_sessions == math.ceil(ClusterParams().min_sessions * scale.plays_factor)
+    thresholds = {name: (s.min_rows, s.min_sessions) for name, s in SCALES.items()}
+    assert thresholds == {"tiny": (25, 2), "demo": (125, 8), "full": (500, 30)}
+    assert thresholds["full"] == (ClusterParams().min_rows, ClusterParams().min_sessions)
 
 def test_failed_rewrite_leaves_the_stage_incomplete(work: Path) -> None:
     build_user_profiles(work, LOOSE)
