@@ -41,7 +41,6 @@ def summarize(work: Path, params: SessionParams, engine: str = "local",
               spark_master: str | None = None) -> dict[str, Any]:
     """Sessions, per-session summaries and splits of WORK/user_dir into WORK/summary_dir."""
     layout = WorkLayout(Path(work))
-    check_engine(engine)
     check_engine_target(engine, spark_master)
     if not params.gap_minutes > 0:
         raise SessionlenError(f"SessionParams gap_minutes={params.gap_minutes} must be positive")

@@ -100,7 +100,9 @@ def check_engine(engine: str) -> None:
 
 
 def check_engine_target(engine: str, master: str | None) -> None:
-    """For the Spark engine, fail before any output is touched if Spark cannot be reached."""
+    """Fail before any output is touched on an unknown engine, or on a Spark that cannot be
+    reached."""
+    check_engine(engine)
     if engine == "spark":
         check_reachable(spark_url(master))
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from utils.core import columns as C
 from utils.core.config import DisplayParams, WorkLayout
-from utils.core.spark import check_engine, check_engine_target
+from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
 from utils.core.work_lock import locked_stage
 from utils.data_processing.denormalize_fields import USER_FILE, metadata_lookup, profile_lookup
@@ -33,7 +33,6 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
     """Stage denormalize: write WORK/user_dir/{user}/part-00000.csv and the manifest."""
     from utils.data_processing.profile_reader import read_profiles
 
-    check_engine(engine)
     check_engine_target(engine, spark_master)
     raw, layout = Path(raw), WorkLayout(Path(work))
     require_stage(layout.tracks, "metadata")

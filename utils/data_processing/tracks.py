@@ -21,7 +21,7 @@ from utils.core import columns as C
 from utils.core.config import DisplayParams, WorkLayout
 from utils.core.csv_text import format_fixed, format_int, join_lines, quote_minimal, write_lines
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine, check_engine_target
+from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, write_manifest
 from utils.core.work_lock import locked_stage
 from utils.data_processing.track_rules import MAX_IN_SESSION_GAP_S, name_key
@@ -235,7 +235,6 @@ def _local_unique_tracks(plays_path: Path, rejects_dir: Path) -> tuple[pa.Table,
 def build_unique_tracks(raw: Path, work: Path, engine: str = "local",
                         spark_master: str | None = None) -> dict:
     """Stage tracks: write WORK/tracks/unique_tracks.csv and its manifest; return a summary."""
-    check_engine(engine)
     check_engine_target(engine, spark_master)
     raw, layout = Path(raw), WorkLayout(Path(work))
     plays_path = require_file(raw / C.PLAYS_FILE, "plays file")

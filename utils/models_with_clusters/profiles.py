@@ -18,7 +18,7 @@ from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
 from utils.core.config import ClusterParams, WorkLayout
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine, check_engine_target
+from utils.core.spark import check_engine_target
 from utils.core.stage_io import (
     Timer,
     annotate_stage,
@@ -169,7 +169,6 @@ def build_user_profiles(work: str | Path, params: ClusterParams, engine: str = "
     `spark_master` (engine spark): a master URL or sc://host:port (default SPARK_REMOTE, else
     local[*]).
     """
-    check_engine(engine)
     check_engine_target(engine, spark_master)
     check_thresholds(params)
     layout = WorkLayout(Path(work))

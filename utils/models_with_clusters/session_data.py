@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 from utils.core import columns as C
 from utils.core.config import DisplayParams, WorkLayout
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine, check_engine_target
+from utils.core.spark import check_engine_target
 from utils.core.stage_io import (
     Timer,
     annotate_stage,
@@ -90,7 +90,6 @@ def build_session_data(work: str | Path, engine: str = "local", spark_master: st
     `spark_master` (engine spark): a master URL or sc://host:port (default SPARK_REMOTE, else
     local[*]).
     """
-    check_engine(engine)
     check_engine_target(engine, spark_master)
     layout = WorkLayout(Path(work))
     with Timer() as timer:

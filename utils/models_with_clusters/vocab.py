@@ -21,7 +21,7 @@ from utils.baseline import summary_dir
 from utils.core import columns as C
 from utils.core.config import DisplayParams, WorkLayout
 from utils.core.errors import SessionlenError
-from utils.core.spark import check_engine, check_engine_target
+from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, forget_stage, require_stage, write_manifest
 from utils.core.work_lock import locked_stage
 from utils.models_with_clusters.final_dir import (
@@ -180,7 +180,6 @@ def build_vocab(work: str | Path, engine: str = "local", spark_master: str | Non
     `spark_master` (engine spark): a master URL or sc://host:port (default SPARK_REMOTE, else
     local[*]).
     """
-    check_engine(engine)
     check_engine_target(engine, spark_master)
     layout = WorkLayout(Path(work))
     with Timer() as timer:
