@@ -139,7 +139,7 @@ def test_profile_file_has_the_real_format(tiny, sample_dir):
         assert match and (registered == "" or 2002 <= int(match.group(2)) <= 2009), line
 
 
-def test_raw_reader_reads_everything(tiny, tmp_path):
+def test_the_raw_readers_read_everything(tiny, tmp_path):
     out, report = tiny
     result = read_plays(out / PLAYS_FILE, tmp_path)
     assert (result.rows_in, result.rows_rejected) == (report.plays, 0)

@@ -107,7 +107,7 @@ def test_differs_from_the_standard_law(tiny, tmp_path):
     assert users["archetype"].between(0, len(TYPES) - 1).all()
 
 
-def test_raw_reader_reads_everything(tiny, tmp_path):
+def test_the_raw_readers_read_everything(tiny, tmp_path):
     out, report = tiny
     result = read_plays(out / PLAYS_FILE, tmp_path)
     assert (result.rows_in, result.rows_rejected) == (report.plays, 0)
