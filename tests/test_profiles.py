@@ -17,10 +17,11 @@ from utils.core.stage_io import MANIFEST
 from utils.models_with_clusters.profiles import (
     EXCLUDED_FILE,
     build_user_profiles,
-    compute_profiles,
     eligibility_summary,
     load_excluded,
     load_profiles,
+    profile_parts,
+    profiles_of,
 )
 from utils.models_with_clusters.session_data import build_session_data, read_final_split
 from utils.models_with_clusters.vocab import build_vocab
@@ -78,14 +79,14 @@ def test_profiles_use_train_sessions_only(work: Path) -> None:
     assert long["median_session_length"] == pytest.approx(12000.0)
 
 
-def test_compute_profiles_statistics() -> None:
+def test_profile_statistics() -> None:
     train = pd.DataFrame({
         C.USER_ID: [7, 7, 7, 7, 9], C.CURRENT_TIMESTAMP: [1, 2, 3, 4, 1],
         C.SESSION_ID: [0, 0, 1, 2, 0], C.SESSION_LENGTH: [10.0, 10.0, 40.0, 100.0, 5.0],
         C.GENDER: 1, C.AGE: [20, 20, 20, 21, 30], C.COUNTRY: 3, C.REGISTERED: 0,
         C.ARTIST_NAME: [4, 2, 2, 4, 0], C.TRACK_NAME: [0, 0, 0, 5, 0],
     })
-    profiles = compute_profiles(train).set_index(C.USER_ID)
+    profiles = profiles_of(profile_parts(train)).set_index(C.USER_ID)
     assert profiles.loc[7, "total_sessions"] == 3
     assert profiles.loc[7, "total_session_rows"] == 4
     assert profiles.loc[7, C.AVERAGE_SESSION_LENGTH] == pytest.approx(50.0)

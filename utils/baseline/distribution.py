@@ -298,11 +298,3 @@ def distribution_headline(table: pd.DataFrame) -> pd.DataFrame:
              "pinball_ci_low", "pinball_ci_high", "coverage_80", "interval_width_s", "mae_s"]
     rows = table[table["pinball_loss_s"].notna()]
     return rows[shown].sort_values("pinball_loss_s").set_index("label").round(4)
-
-
-def best_distribution(table: pd.DataFrame) -> str:
-    """The label of the distributional model selected on validation pinball loss."""
-    chosen = table.loc[table["selected_distribution"].astype(bool), "label"]
-    if chosen.empty:
-        raise SessionlenError(f"no trained model of kind {DISTRIBUTION_KIND} in the results")
-    return str(chosen.iloc[0])

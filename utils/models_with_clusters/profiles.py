@@ -99,11 +99,6 @@ def profiles_of(parts: ProfileParts) -> pd.DataFrame:
     return profiles.reset_index()[C.PROFILE_CLUSTER_COLUMNS]
 
 
-def compute_profiles(train: pd.DataFrame) -> pd.DataFrame:
-    """PROFILE_CLUSTER_COLUMNS for every user of the train plays (one row per user, by id)."""
-    return profiles_of(profile_parts(train))
-
-
 def engine_parts(layout: WorkLayout, engine: str, spark_master: str | None) -> ProfileParts:
     """The profile parts of the train split of final_dir, from the chosen engine."""
     if engine == "spark":
