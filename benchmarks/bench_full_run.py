@@ -33,7 +33,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,8 +41,8 @@ from typing import Any
 
 from bench_pipeline import (
     GIB,
-    SAMPLE_SECONDS,
     OneLineParser,
+    Sampler,
     child_env,
     child_pids,
     cli,
@@ -127,38 +126,26 @@ class KernelUsage:
             self.peaks[pid] = max(self.peaks.get(pid, 0), vm_hwm_bytes(pid))
 
 
-class KernelSampler:
+class KernelSampler(Sampler):
     """Finds each kernel the runner starts and samples its tree until stopped."""
 
     def __init__(self, runner_pid: int, started: float) -> None:
+        super().__init__()
         self.runner_pid = runner_pid
         self.started = started
         self.runner_peak = 0
         self.kernels: list[KernelUsage] = []
         self._known: dict[int, KernelUsage] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _loop(self) -> None:
-        while True:
-            self.runner_peak = max(self.runner_peak, vm_hwm_bytes(self.runner_pid))
-            for kid in child_pids(self.runner_pid):
-                if kid not in self._known and KERNEL_MARK in command_line(kid):
-                    usage = KernelUsage(kid, time.perf_counter() - self.started)
-                    self._known[kid] = usage
-                    self.kernels.append(usage)
-            for usage in self.kernels:
-                usage.sample()
-            if self._stop.wait(SAMPLE_SECONDS):
-                return
-
-    def __enter__(self) -> KernelSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.runner_peak = max(self.runner_peak, vm_hwm_bytes(self.runner_pid))
+        for kid in child_pids(self.runner_pid):
+            if kid not in self._known and KERNEL_MARK in command_line(kid):
+                usage = KernelUsage(kid, time.perf_counter() - self.started)
+                self._known[kid] = usage
+                self.kernels.append(usage)
+        for usage in self.kernels:
+            usage.sample()
 
 
 # ---------------------------------------------------------------------------------------------

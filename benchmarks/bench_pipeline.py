@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 from utils.core.columns import PLAYS_FILE, PROFILE_FILE
 from utils.core.config import API_KEY_ENV, SessionParams, get_scale
@@ -199,36 +199,49 @@ def process_name(pid: int) -> str:
         return "?"
 
 
-class DescendantPeaks:
-    """Reads the VmHWM of `pid` and of its descendants from /proc until stopped; keeps peaks."""
+class Sampler:
+    """Calls `sample` on a thread every SAMPLE_SECONDS while the `with` block runs."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.own = 0
-        self.peaks: dict[int, int] = {}
-        self.names: dict[int, str] = {}
+    def __init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
         while True:
-            self.own = max(self.own, vm_hwm_bytes(self.pid))
-            for kid in descendant_pids(self.pid):
-                # Read every time: Spark's launcher script becomes the JVM by exec.
-                name = process_name(kid)
-                if name != "?" or kid not in self.names:
-                    self.names[kid] = name
-                self.peaks[kid] = max(self.peaks.get(kid, 0), vm_hwm_bytes(kid))
+            self.sample()
             if self._stop.wait(SAMPLE_SECONDS):
                 return
 
-    def __enter__(self) -> DescendantPeaks:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class DescendantPeaks(Sampler):
+    """Reads the VmHWM of `pid` and of its descendants from /proc until stopped; keeps peaks."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self.pid = pid
+        self.own = 0
+        self.peaks: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+
+    def sample(self) -> None:
+        self.own = max(self.own, vm_hwm_bytes(self.pid))
+        for kid in descendant_pids(self.pid):
+            # Read every time: Spark's launcher script becomes the JVM by exec.
+            name = process_name(kid)
+            if name != "?" or kid not in self.names:
+                self.names[kid] = name
+            self.peaks[kid] = max(self.peaks.get(kid, 0), vm_hwm_bytes(kid))
 
     def by_name(self) -> dict[str, int]:
         """Summed peaks per command name (the JVM apart from Python workers)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -109,3 +110,15 @@ def test_bad_arguments_are_one_line_errors(bench: ModuleType, tmp_path: Path,
             bench.parse_args(argv)
         assert exit_info.value.code == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_sampler_finds_each_kernel_the_runner_starts(bench: ModuleType) -> None:
+    # A stand-in runner: its child's command line carries the kernel launcher's name.
+    script = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+              "'import time; time.sleep(1.5)', 'ipykernel_launcher'])")
+    runner = subprocess.Popen([sys.executable, "-c", script])
+    with bench.KernelSampler(runner.pid, started=0.0) as sampler:
+        runner.wait(timeout=30)
+    assert len(sampler.kernels) == 1
+    kernel = sampler.kernels[0]
+    assert kernel.peaks and max(kernel.peaks.values()) > 0 and sampler.runner_peak > 0
