@@ -139,12 +139,17 @@ def test_profile_file_has_the_real_format(tiny, sample_dir):
         assert match and (registered == "" or 2002 <= int(match.group(2)) <= 2009), line
 
 
-def test_the_raw_readers_read_everything(tiny, tmp_path):
-    out, report = tiny
+def assert_readers_read_everything(out: Path, report, tmp_path: Path):
+    """Every generated play and profile line passes the raw readers; returns the profile read."""
     result = read_plays(out / PLAYS_FILE, tmp_path)
     assert (result.rows_in, result.rows_rejected) == (report.plays, 0)
     profile = read_profiles(out / PROFILE_FILE, tmp_path)
     assert (profile.rows_in, profile.rows_rejected) == (report.users, 0)
+    return profile
+
+
+def test_the_raw_readers_read_everything(tiny, tmp_path):
+    profile = assert_readers_read_everything(*tiny, tmp_path)
     assert not any(profile.nullified.values())
 
 

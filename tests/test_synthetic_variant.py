@@ -10,14 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from test_synthetic import assert_rule_measures_ground_truth, plays_with_durations
+from test_synthetic import (
+    assert_readers_read_everything,
+    assert_rule_measures_ground_truth,
+    plays_with_durations,
+)
 
 from utils.cli import main
 from utils.core import config
 from utils.core.columns import GROUND_TRUTH, GT_MEDIAN, GT_USERS_COLUMNS, PLAYS_FILE, PROFILE_FILE
 from utils.core.errors import SessionlenError
-from utils.data_processing.plays_reader import read_plays
-from utils.data_processing.profile_reader import read_profiles
 from utils.synthetic.generate import MECHANICS, generate_dataset
 from utils.synthetic.sessions import DATA_START_S, DAY_S, MAX_LENGTH_S, scale_history
 from utils.synthetic.truth import law_columns
@@ -108,11 +110,7 @@ def test_differs_from_the_standard_law(tiny, tmp_path):
 
 
 def test_the_raw_readers_read_everything(tiny, tmp_path):
-    out, report = tiny
-    result = read_plays(out / PLAYS_FILE, tmp_path)
-    assert (result.rows_in, result.rows_rejected) == (report.plays, 0)
-    profile = read_profiles(out / PROFILE_FILE, tmp_path)
-    assert (profile.rows_in, profile.rows_rejected) == (report.users, 0)
+    assert_readers_read_everything(*tiny, tmp_path)
 
 
 def test_session_rule_measures_the_planted_sessions(tiny):
