@@ -2,12 +2,14 @@
 
 The notebook `baseline/2_train_and_test_model` calls these steps in order: build the features,
 compute the baselines, train the networks (one per architecture and dropout value) and LightGBM,
-tabulate the metrics, append them to WORK/results/experiments.csv, draw the figures.
+blend them (utils.baseline.blend), tabulate the metrics, append them to
+WORK/results/experiments.csv, draw the figures.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 
 from utils.baseline import distribution
 from utils.baseline.baselines import BASELINES, KEY_COLUMNS, ORACLE, baseline_predictions
+from utils.baseline.blend import BLEND_STEPS, fit_blend
 from utils.baseline.boosting import (
     BoostingSettings,
     TrainedBooster,
@@ -41,7 +44,9 @@ STAGE = "baseline"
 MANIFEST_STAGE = "baseline_models"
 NORMALIZER = "user_mean"
 HEADROOM_REFERENCE = "user_median"
-TRAINED_KINDS = ("network", "lightgbm")
+# The point models the blend averages; the blend is a trained point model too, picked like them.
+BLENDED_KINDS = ("network", "lightgbm")
+TRAINED_KINDS = (*BLENDED_KINDS, "blend")
 
 
 def start_experiment(work: str | Path, sequence_length: int,
@@ -167,6 +172,28 @@ def train_lightgbm(experiment: Experiment, candidates: list[BoostingSettings],
         predict_lightgbm(trained, features, features.rows["test"]),
         float(trained.candidates["train_seconds"].sum()), trained.curves))
     return trained
+
+
+def train_blend(experiment: Experiment, steps: int = BLEND_STEPS) -> pd.DataFrame:
+    """Blend every network and LightGBM trained so far (utils.baseline.blend): its validation
+    predictions cross-fitted over validation users, its test ones with weights chosen on all of
+    them. The weights, per model: chosen on all validation users and on each half."""
+    members = [r for r in experiment.results if r.kind in BLENDED_KINDS]
+    if not members:
+        raise SessionlenError("train the networks or LightGBM before blending them")
+    started = time.perf_counter()
+    blend = fit_blend(np.column_stack([r.val_predictions_s for r in members]),
+                      experiment.actual_val_s,
+                      experiment.features.role_frame("validate")[C.USER_ID].to_numpy(),
+                      np.column_stack([r.predictions_s for r in members]), experiment.seed, steps)
+    weights = {r.label: float(w) for r, w in zip(members, blend.weights, strict=True) if w > 0}
+    experiment.results.append(ModelResult(
+        "blend", "blend", {"weights": weights, "steps": steps, "seed": experiment.seed,
+                           **feature_params(experiment.features)},
+        blend.val_predictions_s, blend.predictions_s, time.perf_counter() - started))
+    return pd.DataFrame({"weight": blend.weights,
+                         **{f"weight_half_{i + 1}": w for i, w in enumerate(blend.fold_weights)}},
+                        index=pd.Index([r.label for r in members], name="model"))
 
 
 def reference_baseline(val_mae: dict[str, float], baselines: Iterable[str] = BASELINES) -> str:

@@ -23,7 +23,7 @@ BUCKET_LABELS = ["<5 min", "5-15 min", "15-30 min", "30-60 min", "1-2 h", "2-4 h
 FIGURE_RUN_KEY = "sessionlen run"
 FIGURE_SAVED_KEY = "sessionlen saved"
 KIND_COLORS = {"baseline": "#9e9e9e", "oracle": "#212121", "network": "#1f77b4",
-               "lightgbm": "#2ca02c", "distribution": "#9467bd"}
+               "lightgbm": "#2ca02c", "blend": "#d62728", "distribution": "#9467bd"}
 
 
 def finish_figure(fig: Figure, path: Path | str | None) -> Figure:
@@ -75,9 +75,9 @@ def _interval_dots(ax: Axes, shown: pd.DataFrame, value: str, low: str, high: st
 def plot_mae_per_model(table: pd.DataFrame) -> Figure:
     """Test MAE per model with its 95% interval, and the paired difference to the reference.
 
-    `table` needs columns label, kind (baseline | oracle | network | lightgbm), selected (the
-    validation pick, drawn as a star), mae_s, mae_ci_low/high, reference, diff_vs_reference_s and
-    its ci_low/high. The left panel's intervals are wide because listeners differ; the right
+    `table` needs columns label, kind (baseline | oracle | network | lightgbm | blend), selected
+    (the validation pick, drawn as a star), mae_s, mae_ci_low/high, reference, diff_vs_reference_s
+    and its ci_low/high. The left panel's intervals are wide because listeners differ; the right
     panel pairs every model with the reference on the same users, which is what tells models
     apart. The oracle is the dashed line.
     """
