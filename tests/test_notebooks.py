@@ -58,7 +58,7 @@ def test_results_table_has_baselines_and_models(tiny_run: runner.RunPaths) -> No
     results = pd.read_csv(tiny_run.experiments)
     models = set(results["model"])
     assert {"global_median", "user_mean", "user_median", "previous_session", "oracle",
-            "lightgbm", "gru", "lstm", "layered_lstm"} <= models
+            "lightgbm", "gru", "lstm", "layered_lstm", "blend"} <= models
     assert (results["mae_s"] > 0).all()
     at_start = results[results["checkpoint_s"].isna()]
     assert at_start["n_test"].nunique() == 1, "every model must be scored on the same test rows"
