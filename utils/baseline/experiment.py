@@ -43,7 +43,6 @@ from utils.core.work_lock import stage_lock
 STAGE = "baseline"
 MANIFEST_STAGE = "baseline_models"
 NORMALIZER = "user_mean"
-HEADROOM_REFERENCE = "user_median"
 # The point models the blend averages; the blend is a trained point model too, picked like them.
 BLENDED_KINDS = ("network", "lightgbm")
 TRAINED_KINDS = (*BLENDED_KINDS, "blend")

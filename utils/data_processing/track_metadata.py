@@ -20,6 +20,7 @@ from utils.core.columns import (
     ARTIST_KEY,
     DURATION,
     DURATION_SOURCE,
+    DURATION_SOURCES,
     PLAY_COUNT,
     TRACK_KEY,
     TRACK_METADATA_COLUMNS,
@@ -211,7 +212,7 @@ def sources_table(work: Path) -> pd.DataFrame:
     table = (pd.DataFrame({DURATION_SOURCE: metadata[DURATION_SOURCE], "tracks": 1,
                            "plays": plays})
              .groupby(DURATION_SOURCE).sum()
-             .reindex(["api", "estimated", "default"], fill_value=0))
+             .reindex(list(DURATION_SOURCES), fill_value=0))
     table["track_share"] = (table["tracks"] / max(len(metadata), 1)).round(4)
     table["play_share"] = (table["plays"] / max(plays.sum(), 1)).round(4)
     return table

@@ -27,6 +27,7 @@ from utils.core.columns import (
     USER_ID,
 )
 from utils.core.config import SYNTH_MECHANICS, ClusterParams, SessionParams
+from utils.core.evaluation import mae
 
 REAL_USERS = 992
 REAL_PLAYS = 19_150_868
@@ -173,15 +174,16 @@ def difficulty_figures(user: np.ndarray, length_s: np.ndarray, median_s: np.ndar
     The baselines are the baseline stage's own (fit on train, predicted for test).
     """
     checked = len(np.unique(user)) >= TASK_CHECK_USERS
-    role = chrono_roles(user)
     sessions = pd.DataFrame({USER_ID: user, TIMESTAMP: 0, SESSION_ID: positions(user),
                              CURRENT_SESSION_LENGTH: length_s, PREVIOUS_SESSION_LENGTH: 0.0})
-    truth = length_s[role == 2].astype(np.float64)
-    if len(truth):
-        predicted = naive_predictions(sessions[role == 0], sessions[role == 2])
-        mae_mean = float(np.mean(np.abs(truth - predicted["user_mean"].to_numpy())))
-        mae_median = float(np.mean(np.abs(truth - predicted["user_median"].to_numpy())))
-        mae_oracle = float(np.mean(np.abs(truth - median_s[role == 2])))
+    role = split_codes(sessions, SessionParams(split="chrono"))
+    test = role == 2
+    if test.any():
+        truth = length_s[test]
+        predicted = naive_predictions(sessions[role == 0], sessions[test])
+        mae_mean = mae(truth, predicted["user_mean"].to_numpy())
+        mae_median = mae(truth, predicted["user_median"].to_numpy())
+        mae_oracle = mae(truth, median_s[test])
     else:
         mae_mean = mae_median = mae_oracle = math.nan
     return [
