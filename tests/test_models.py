@@ -16,9 +16,10 @@ from utils.baseline.boosting import (
     fit_lightgbm,
     fit_lightgbm_candidates,
     predict_lightgbm,
+    train_l1_booster,
     validation_mae,
 )
-from utils.baseline.features import FeatureSet, build_feature_set
+from utils.baseline.features import FeatureSet, build_feature_set, tabular_features
 from utils.baseline.models import (
     build_network,
     fit_network,
@@ -187,6 +188,19 @@ def test_lightgbm_learns_the_signal_and_is_deterministic(features):
     mae = mae_on_test(features, predictions[0])
     assert mae < 0.85 * global_median_mae(features)
     assert mae < user_median_mae(features)
+
+
+def test_lightgbm_trees_do_not_depend_on_the_thread_count(features):
+    # A fit alone takes every core, fits side by side one each: both must give the same trees.
+    table = tabular_features(features)
+    train, val = features.rows["train"], features.rows["validate"]
+    target = np.log1p(features.lengths_s)
+    settings = BoostingSettings(max_rounds=200, early_stopping_rounds=20, num_leaves=16, seed=3)
+    fits = [train_l1_booster(settings, (table.iloc[train], target[train]),
+                             (table.iloc[val], target[val]), threads=threads)[0]
+            for threads in (1, 2)]
+    trees = [fit.model_to_string().split("\nparameters:")[0] for fit in fits]
+    assert fits[0].num_trees() > 1 and trees[0] == trees[1]
 
 
 def test_lightgbm_keeps_the_candidate_with_the_lowest_validation_mae(features):

@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from utils import runner
+from utils.core import config
 from utils.core.errors import SessionlenError
 
 
@@ -62,6 +63,16 @@ def test_stage_notebooks_are_in_design_order(tmp_path: Path) -> None:
     found = [f"{p.parent.name}/{p.name}" for p in runner.stage_notebooks(tmp_path)]
     assert found == ["data_processing/2_y.ipynb", "data_processing/10_z.ipynb",
                      "baseline/1_s.ipynb", "baseline/2_t.ipynb"]
+
+
+def test_each_scale_sets_only_its_own_training_overrides() -> None:
+    tiny, full = (runner.scale_overrides(config.get_scale(n)) for n in ("tiny", "full"))
+    assert tiny["epochs"] == 2 and "batch_size" not in tiny
+    assert full["batch_size"] == 1024 and full["lgbm_learning_rate"] == 0.1
+    assert "epochs" not in full
+    assert full["min_rows"] == config.ClusterParams.min_rows
+    assert runner.scale_overrides(config.get_scale("demo")).keys() == {"min_rows",
+                                                                       "min_sessions"}
 
 
 def test_explicit_raw_dir_must_hold_the_plays_file(tmp_path: Path) -> None:

@@ -43,6 +43,14 @@ def prepare_raw(scale: str, raw_dir: str | Path | None = None, seed: int = confi
     return raw
 
 
+def scale_overrides(scale: config.Scale) -> dict[str, Any]:
+    """The notebook parameters a scale sets (config.Scale): eligibility thresholds always,
+    epochs, batch size and LightGBM's learning rate where the scale has its own."""
+    return {"min_rows": scale.min_rows, "min_sessions": scale.min_sessions,
+            **{name: value for name in ("epochs", "batch_size", "lgbm_learning_rate")
+               if (value := getattr(scale, name)) is not None}}
+
+
 def stage_notebooks(root: Path = config.PROJECT_ROOT) -> list[Path]:
     """Every stage notebook, stage by stage in DESIGN.md order, numbered order within a stage."""
     found: list[Path] = []
@@ -139,8 +147,7 @@ def run_pipeline(
     injected = {
         **config.RunParams(scale=scale, work_dir=str(layout.root), raw_dir=str(raw_path),
                            seed=seed, engine=engine).to_dict(),
-        "min_rows": scale_cfg.min_rows, "min_sessions": scale_cfg.min_sessions,
-        **({"epochs": scale_cfg.epochs} if scale_cfg.epochs is not None else {}),
+        **scale_overrides(scale_cfg),
     }
     clear_skips(layout.root)
     skipped: list[SkipNote] = []

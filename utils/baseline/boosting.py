@@ -50,8 +50,12 @@ class BoostingSettings(StrictParams):
     early_stopping_rounds: int = 100
     seed: int = DEFAULT_SEED
 
-    def lightgbm_params(self) -> dict[str, Any]:
-        """The parameter dict LightGBM reads."""
+    def lightgbm_params(self, threads: int = 1) -> dict[str, Any]:
+        """The parameter dict LightGBM reads, for a fit on `threads` threads.
+
+        Fits side by side take one thread each; a fit alone takes the cores. With
+        `deterministic` and row-wise histograms the trees do not depend on the thread count.
+        """
         for name in ("learning_rate", "feature_fraction"):
             fraction = getattr(self, name)
             if not 0.0 < fraction <= 1.0:
@@ -66,7 +70,7 @@ class BoostingSettings(StrictParams):
             "objective": "l1", "metric": "l1", "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves, "min_child_samples": self.min_child_samples,
             "feature_fraction": self.feature_fraction, "seed": self.seed,
-            "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbosity": -1,
+            "deterministic": True, "force_row_wise": True, "num_threads": threads, "verbosity": -1,
         }
 
 
@@ -103,16 +107,17 @@ def _log_target(features: FeatureSet, rows: np.ndarray) -> np.ndarray:
 
 
 def train_l1_booster(settings: BoostingSettings, train: tuple[pd.DataFrame, np.ndarray],
-                     validate: tuple[pd.DataFrame, np.ndarray], *callbacks: Callable[[Any], None]
-                     ) -> tuple[lgb.Booster, dict[str, list[float]], float]:
-    """Fit on (table, log-length) train rows, stopping early on the validation rows' MAE of
-    log-lengths; the booster, its train and validation curves, and the seconds taken."""
+                     validate: tuple[pd.DataFrame, np.ndarray], *callbacks: Callable[[Any], None],
+                     threads: int = 1) -> tuple[lgb.Booster, dict[str, list[float]], float]:
+    """Fit on (table, log-length) train rows with `threads` threads, stopping early on the
+    validation rows' MAE of log-lengths; the booster, its train and validation curves, and the
+    seconds taken."""
     train_set = lgb.Dataset(*train, free_raw_data=False)
     valid_set = lgb.Dataset(*validate, reference=train_set)
     curves: dict[str, dict[str, list[float]]] = {}
     started = time.perf_counter()
     booster = lgb.train(
-        settings.lightgbm_params(), train_set, num_boost_round=settings.max_rounds,
+        settings.lightgbm_params(threads), train_set, num_boost_round=settings.max_rounds,
         valid_sets=[train_set, valid_set], valid_names=["train", "validate"],
         callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False),
                    lgb.record_evaluation(curves), *callbacks],
@@ -122,15 +127,20 @@ def train_l1_booster(settings: BoostingSettings, train: tuple[pd.DataFrame, np.n
 
 
 def fit_lightgbm(features: FeatureSet, settings: BoostingSettings,
-                 log: Callable[[str], None] = print) -> TrainedBooster:
-    """Fit on the train rows, stopping early on the validation rows' MAE of log-lengths."""
+                 log: Callable[[str], None] = print, progress: bool = True) -> TrainedBooster:
+    """Fit on the train rows, stopping early on the validation rows' MAE of log-lengths.
+
+    Logs the scores every LOG_EVERY rounds if `progress`, and the best round at the end.
+    """
     table = tabular_features(features)
     train_rows, val_rows = features.rows["train"], features.rows["validate"]
     booster, curves, seconds = train_l1_booster(
         settings, (table.iloc[train_rows], _log_target(features, train_rows)),
-        (table.iloc[val_rows], _log_target(features, val_rows)), _progress(log))
-    log(f"lightgbm: best round {booster.best_iteration} of {booster.current_iteration()} "
-        f"({seconds:.1f} s)")
+        (table.iloc[val_rows], _log_target(features, val_rows)),
+        *([_progress(log)] if progress else []))
+    log(f"lightgbm num_leaves {settings.num_leaves} feature_fraction "
+        f"{settings.feature_fraction:g}: best round {booster.best_iteration} of "
+        f"{booster.current_iteration()} ({seconds:.1f} s)")
     return TrainedBooster(booster, list(table.columns), booster.best_iteration, seconds, curves)
 
 
@@ -144,13 +154,17 @@ def fit_lightgbm_candidates(features: FeatureSet, candidates: list[BoostingSetti
                             log: Callable[[str], None] = print
                             ) -> tuple[TrainedBooster, BoostingSettings]:
     """Fit every candidate (two at a time: each fit is single-threaded) and keep the one with
-    the lowest validation MAE, with the table of every candidate's score as its `candidates`."""
+    the lowest validation MAE, with the table of every candidate's score as its `candidates`.
+
+    Each fit logs one line when it ends; per-round progress of fits side by side would
+    interleave.
+    """
     if not candidates:
         raise SessionlenError("no LightGBM settings to fit")
     for settings in candidates:
         settings.lightgbm_params()
     with ThreadPoolExecutor(worker_count(cap=2)) as pool:
-        fitted = list(pool.map(lambda s: fit_lightgbm(features, s, log=lambda _: None),
+        fitted = list(pool.map(lambda s: fit_lightgbm(features, s, log, progress=False),
                                candidates))
     scores = [validation_mae(trained, features) for trained in fitted]
     best = min(range(len(candidates)), key=lambda i: (scores[i], i))

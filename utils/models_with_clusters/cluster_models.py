@@ -29,6 +29,7 @@ from utils.baseline.summary_dir import load_user_ids
 from utils.core import columns as C
 from utils.core.config import ClusterModelParams, ClusterParams, ModelParams
 from utils.core.errors import SessionlenError
+from utils.core.parallel import worker_count
 from utils.models_with_clusters.cluster_groups import (
     GLOBAL,
     check_some_trainable,
@@ -73,7 +74,9 @@ def fit_predict_lightgbm(table: pd.DataFrame, target: np.ndarray, rows: dict[str
     """LightGBM on `rows` (early stopping on the validate rows): targets for `predict_rows`."""
     train = lgb.Dataset(table.iloc[rows["train"]], target[rows["train"]], free_raw_data=False)
     valid = lgb.Dataset(table.iloc[rows["validate"]], target[rows["validate"]], reference=train)
-    booster = lgb.train(settings.lightgbm_params(), train, num_boost_round=settings.max_rounds,
+    # The clusters' models are fit one after another, so each takes the cores.
+    booster = lgb.train(settings.lightgbm_params(threads=worker_count()), train,
+                        num_boost_round=settings.max_rounds,
                         valid_sets=[valid], valid_names=["validate"],
                         callbacks=[lgb.early_stopping(settings.early_stopping_rounds,
                                                       verbose=False)])

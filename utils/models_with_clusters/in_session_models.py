@@ -21,12 +21,14 @@ import pandas as pd
 from utils.baseline.boosting import BoostingSettings, train_l1_booster
 from utils.baseline.features import CATEGORICAL_FEATURES, Standardizer, TargetScaler
 from utils.core.config import InSessionParams
+from utils.core.parallel import worker_count
 from utils.models_with_clusters.in_session_features import PLAY_FEATURES, PlaySequences
 
 # Importing the baseline networks' module first sets TensorFlow's logging, CPU kernels and
 # fixed thread counts, so the in-session networks are as reproducible as theirs.
 from utils.baseline.models import (  # isort: skip
     EMBEDDING_DIMS,
+    MIN_IMPROVEMENT,
     PREDICT_BATCH,
     EpochLogger,
     seed_everything,
@@ -154,6 +156,7 @@ def fit_network(data: CheckpointData, params: InSessionParams,
                                  PREDICT_BATCH, None),
         epochs=params.epochs, shuffle=False, verbose=0,
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience,
+                                                 min_delta=MIN_IMPROVEMENT,
                                                  restore_best_weights=True),
                    EpochLogger(label, params.epochs, log)])
     seconds = time.perf_counter() - started
@@ -194,7 +197,7 @@ def fit_lightgbm(data: CheckpointData, params: InSessionParams,
     tables = {role: lightgbm_table(data, role) for role in ROLES}
     booster, curves, seconds = train_l1_booster(
         settings, (tables["train"], np.log1p(data.length_s["train"])),
-        (tables["validate"], np.log1p(data.length_s["validate"])))
+        (tables["validate"], np.log1p(data.length_s["validate"])), threads=worker_count())
     log(f"lightgbm @ {data.checkpoint_s} s: best round {booster.best_iteration} of "
         f"{booster.current_iteration()} ({seconds:.1f} s)")
 
