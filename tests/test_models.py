@@ -19,6 +19,7 @@ from utils.baseline.boosting import (
     train_l1_booster,
     validation_mae,
 )
+from utils.baseline.experiment_state import Experiment
 from utils.baseline.features import FeatureSet, build_feature_set, tabular_features
 from utils.baseline.models import (
     build_network,
@@ -201,6 +202,22 @@ def test_lightgbm_trees_do_not_depend_on_the_thread_count(features):
             for threads in (1, 2)]
     trees = [fit.model_to_string().split("\nparameters:")[0] for fit in fits]
     assert fits[0].num_trees() > 1 and trees[0] == trees[1]
+
+
+def test_lightgbm_started_beside_the_networks_matches_a_fit_in_line(features, tmp_path):
+    candidates = candidate_settings(BoostingSettings(max_rounds=150, early_stopping_rounds=15),
+                                    [4, 16], [0.8])
+    in_line, beside = (Experiment(tmp_path, features, {}) for _ in range(2))
+    lines: list[str] = []
+    job = experiment.start_lightgbm(beside, candidates)
+    fit_network("gru", features, ModelParams(epochs=1, batch_size=512), 0.0, log=lambda _: None)
+    boosters = [experiment.train_lightgbm(in_line, candidates, log=lambda _: None),
+                experiment.train_lightgbm(beside, job, log=lines.append)]
+    for first, second in zip(in_line.results, beside.results, strict=True):
+        np.testing.assert_array_equal(first.predictions_s, second.predictions_s)
+        np.testing.assert_array_equal(first.val_predictions_s, second.val_predictions_s)
+    assert boosters[0].best_round == boosters[1].best_round
+    assert len(lines) == len(candidates) + 1 and "best round" in lines[0]
 
 
 def test_lightgbm_keeps_the_candidate_with_the_lowest_validation_mae(features):

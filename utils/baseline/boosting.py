@@ -151,10 +151,11 @@ def validation_mae(trained: TrainedBooster, features: FeatureSet) -> float:
 
 
 def fit_lightgbm_candidates(features: FeatureSet, candidates: list[BoostingSettings],
-                            log: Callable[[str], None] = print
+                            log: Callable[[str], None] = print, workers: int | None = None
                             ) -> tuple[TrainedBooster, BoostingSettings]:
-    """Fit every candidate (two at a time: each fit is single-threaded) and keep the one with
-    the lowest validation MAE, with the table of every candidate's score as its `candidates`.
+    """Fit every candidate (`workers` at a time, by default two: each fit is single-threaded)
+    and keep the one with the lowest validation MAE, with the table of every candidate's score
+    as its `candidates`.
 
     Each fit logs one line when it ends; per-round progress of fits side by side would
     interleave.
@@ -163,7 +164,7 @@ def fit_lightgbm_candidates(features: FeatureSet, candidates: list[BoostingSetti
         raise SessionlenError("no LightGBM settings to fit")
     for settings in candidates:
         settings.lightgbm_params()
-    with ThreadPoolExecutor(worker_count(cap=2)) as pool:
+    with ThreadPoolExecutor(workers or worker_count(cap=2)) as pool:
         fitted = list(pool.map(lambda s: fit_lightgbm(features, s, log, progress=False),
                                candidates))
     scores = [validation_mae(trained, features) for trained in fitted]

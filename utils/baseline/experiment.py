@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,15 +159,48 @@ def train_networks(experiment: Experiment, params: ModelParams,
     return pd.DataFrame(lines).set_index("model")
 
 
-def train_lightgbm(experiment: Experiment, candidates: list[BoostingSettings],
+@dataclass
+class LightGBMJob:
+    """LightGBM candidates being fit on a thread of their own, and the lines they logged."""
+
+    future: Future[tuple[TrainedBooster, BoostingSettings]]
+    lines: list[str]
+
+
+def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings]) -> LightGBMJob:
+    """Start fitting the LightGBM candidates, one at a time, on a thread of their own;
+    `train_lightgbm` collects them and prints what they logged.
+
+    Started before the networks train, they use the core a network leaves idle: its small
+    recurrent steps keep about one core busy. Each fit is deterministic whatever runs beside it.
+    """
+    for settings in candidates:
+        settings.lightgbm_params()
+    lines: list[str] = []
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lightgbm")
+    # Lines are kept, not printed, so that they never cut into the networks' epoch lines.
+    future = pool.submit(fit_lightgbm_candidates, experiment.features, candidates, lines.append,
+                         1)
+    pool.shutdown(wait=False)
+    return LightGBMJob(future, lines)
+
+
+def train_lightgbm(experiment: Experiment, candidates: list[BoostingSettings] | LightGBMJob,
                    log: Callable[[str], None] = print) -> TrainedBooster:
-    """Fit LightGBM with each candidate setting on the same train rows and features, keep the
-    one with the lowest validation MAE, and score it on the test rows."""
+    """Fit LightGBM with each candidate setting on the same train rows and features (or wait for
+    the fits `start_lightgbm` started), keep the one with the lowest validation MAE, and score
+    it on the test rows."""
     features = experiment.features
-    trained, chosen = fit_lightgbm_candidates(features, candidates, log)
+    if isinstance(candidates, LightGBMJob):
+        trained, chosen = candidates.future.result()
+        for line in candidates.lines:
+            log(line)
+    else:
+        trained, chosen = fit_lightgbm_candidates(features, candidates, log)
     experiment.results.append(ModelResult(
         "lightgbm", "lightgbm",
-        {**chosen.to_dict(), "best_round": trained.best_round, "candidates": len(candidates),
+        {**chosen.to_dict(), "best_round": trained.best_round,
+         "candidates": len(trained.candidates),
          **feature_params(features)},
         predict_lightgbm(trained, features, features.rows["validate"]),
         predict_lightgbm(trained, features, features.rows["test"]),

@@ -37,13 +37,14 @@ class Scale:
     What a scale changes in the notebooks is only what it must: `min_rows` and `min_sessions`
     are the clustering eligibility thresholds a run at this scale applies, to any data:
     ClusterParams' (the original's 500 plays and 30 train sessions), shrunk in proportion to the
-    shorter histories of the smaller scales. `epochs`, `batch_size` and `lgbm_learning_rate`
-    None leave each notebook its own default. On the full scale's twenty times the sessions of
-    demo: larger batches keep an epoch near the few hundred steps it has at demo scale, so that
-    patience and the halving of the step size, both counted in epochs, mean the same on both;
-    LightGBM's larger steps need about a third of the rounds, the slow part of its fit, for a
-    validation MAE within a few seconds of the smaller steps'. utils.runner is the one place
-    these reach the notebooks.
+    shorter histories of the smaller scales. `epochs`, `batch_size`, `patience` and
+    `lgbm_learning_rate` None leave each notebook its own default. On the full scale's twenty
+    times the sessions of demo, a network's epoch is five times the optimizer steps of a demo
+    epoch even with four times the batch, and the validation loss settles within two to four
+    epochs: a patience of two epochs waits longer, in steps, than demo's six. LightGBM's larger
+    steps need about a third of the rounds, the slow part of its fit, for a validation MAE
+    within a few seconds of the smaller steps'. utils.runner is the one place these reach the
+    notebooks.
     """
 
     name: str
@@ -51,6 +52,7 @@ class Scale:
     plays_factor: float
     epochs: int | None = None
     batch_size: int | None = None
+    patience: int | None = None
     lgbm_learning_rate: float | None = None
 
     @property
@@ -66,7 +68,7 @@ class Scale:
 SCALES: dict[str, Scale] = {
     "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2),
     "demo": Scale("demo", users=200, plays_factor=0.25),
-    "full": Scale("full", users=992, plays_factor=1.0, batch_size=1024,
+    "full": Scale("full", users=992, plays_factor=1.0, batch_size=1024, patience=2,
                   lgbm_learning_rate=0.1),
 }
 
