@@ -185,6 +185,25 @@ def test_oracle_row_gets_the_planted_quantiles(tmp_path):
                for r in old.results)
 
 
+def test_quantile_boosters_fit_beside_the_networks_match_a_fit_in_line(tmp_path):
+    frame, work, raw = _planted_work(tmp_path, with_quantiles=True)
+    candidates = candidate_settings(BoostingSettings(max_rounds=60, min_child_samples=20),
+                                    [2, 4], [1.0])
+    runs = [experiment.start_experiment(work, sequence_length=4) for _ in range(2)]
+    experiment.train_lightgbm(runs[0], candidates, log=lambda _: None)
+    distribution_models.train_quantile_lightgbm(runs[0], LEVELS, log=lambda _: None)
+    point = experiment.start_lightgbm(runs[1], candidates)
+    job = distribution_models.start_quantile_lightgbm(runs[1], point, LEVELS)
+    lines: list[str] = []
+    experiment.train_lightgbm(runs[1], point, log=lambda _: None)
+    distribution_models.train_quantile_lightgbm(runs[1], job, log=lines.append)
+    in_line, beside = (run.results[-1] for run in runs)
+    assert beside.model == distribution_models.QUANTILE_LIGHTGBM
+    np.testing.assert_array_equal(in_line.quantiles_s, beside.quantiles_s)
+    np.testing.assert_array_equal(in_line.val_quantiles_s, beside.val_quantiles_s)
+    assert in_line.params == beside.params and len(lines) == 1
+
+
 def test_every_distributional_model_is_recorded_with_the_new_columns(tmp_path):
     frame, work, raw = _planted_work(tmp_path, with_quantiles=True)
     run = experiment.start_experiment(work, sequence_length=4)

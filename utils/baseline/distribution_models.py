@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from utils.baseline.distribution import (
     median_column,
     sort_quantiles,
 )
-from utils.baseline.experiment import feature_params, network_params
+from utils.baseline.experiment import LightGBMJob, feature_params, network_params
 from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, tabular_features
 from utils.core.config import ModelParams
@@ -76,12 +76,14 @@ def _fit_level(table: pd.DataFrame, features: FeatureSet, settings: BoostingSett
 
 def fit_quantile_lightgbm(features: FeatureSet, settings: BoostingSettings,
                           levels: Sequence[float] = DEFAULT_LEVELS,
-                          log: Callable[[str], None] = print) -> QuantileBooster:
-    """Fit a quantile booster per level (two at a time: each fit is single-threaded)."""
+                          log: Callable[[str], None] = print, workers: int | None = None
+                          ) -> QuantileBooster:
+    """Fit a quantile booster per level (`workers` at a time, by default two: each fit is
+    single-threaded)."""
     levels = check_levels(levels)
     table = tabular_features(features)
     started = time.perf_counter()
-    with ThreadPoolExecutor(worker_count(cap=2)) as pool:
+    with ThreadPoolExecutor(workers or worker_count(cap=2)) as pool:
         boosters = list(pool.map(lambda level: _fit_level(table, features, settings, level),
                                  levels))
     seconds = time.perf_counter() - started
@@ -110,11 +112,45 @@ def quantile_result(model: str, params: dict[str, Any], levels: tuple[float, ...
                        quantile_levels=levels)
 
 
-def train_quantile_lightgbm(experiment: Experiment, levels: Sequence[float] = DEFAULT_LEVELS,
+@dataclass
+class QuantileLightGBMJob:
+    """Quantile boosters being fit on a thread of their own, and the lines they logged."""
+
+    future: Future[QuantileBooster]
+    lines: list[str]
+
+
+def start_quantile_lightgbm(experiment: Experiment, point: LightGBMJob,
+                            levels: Sequence[float] = DEFAULT_LEVELS) -> QuantileLightGBMJob:
+    """Fit the quantile boosters, one level at a time on a thread of their own, as soon as the
+    point LightGBM started by `experiment.start_lightgbm` has chosen its settings;
+    `train_quantile_lightgbm` collects them. Like the point candidates, they use the core the
+    networks leave idle."""
+    levels = check_levels(levels)
+    lines: list[str] = []
+
+    def fit() -> QuantileBooster:
+        _, settings = point.future.result()
+        return fit_quantile_lightgbm(experiment.features, settings, levels, lines.append, 1)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lightgbm-quantile")
+    future = pool.submit(fit)
+    pool.shutdown(wait=False)
+    return QuantileLightGBMJob(future, lines)
+
+
+def train_quantile_lightgbm(experiment: Experiment,
+                            levels: Sequence[float] | QuantileLightGBMJob = DEFAULT_LEVELS,
                             log: Callable[[str], None] = print) -> QuantileBooster:
-    """Quantile LightGBM with the point LightGBM's chosen settings, added to the experiment."""
+    """Quantile LightGBM with the point LightGBM's chosen settings (or the boosters
+    `start_quantile_lightgbm` fit with them), added to the experiment."""
     features, settings = experiment.features, chosen_boosting_settings(experiment)
-    model = fit_quantile_lightgbm(features, settings, levels, log)
+    if isinstance(levels, QuantileLightGBMJob):
+        model = levels.future.result()
+        for line in levels.lines:
+            log(line)
+    else:
+        model = fit_quantile_lightgbm(features, settings, levels, log)
     experiment.results.append(quantile_result(
         QUANTILE_LIGHTGBM, {**settings.to_dict(), "best_rounds": model.best_rounds,
                             **feature_params(features)}, model.levels,
