@@ -106,14 +106,43 @@ def _log_target(features: FeatureSet, rows: np.ndarray) -> np.ndarray:
     return np.log1p(features.lengths_s[rows])
 
 
-def train_l1_booster(settings: BoostingSettings, train: tuple[pd.DataFrame, np.ndarray],
-                     validate: tuple[pd.DataFrame, np.ndarray], *callbacks: Callable[[Any], None],
+@dataclass(frozen=True)
+class LogLengthSets:
+    """LightGBM's binned train and validation rows of the tabular features, log-length target.
+
+    Binning every column of the train rows is a large part of a fit at full scale; built once,
+    the sets serve every fit on the same rows with the same `min_child_samples` (LightGBM drops
+    the columns no leaf of that size can split when it bins). Fits one after another only: a
+    set is not shared between threads.
+    """
+
+    train: lgb.Dataset
+    validate: lgb.Dataset
+
+
+def log_length_sets(features: FeatureSet, settings: BoostingSettings) -> LogLengthSets:
+    """The binned train and validation sets of `features` for fits with `settings`."""
+    table = tabular_features(features)
+    train_rows, val_rows = features.rows["train"], features.rows["validate"]
+    train = lgb.Dataset(table.iloc[train_rows], _log_target(features, train_rows),
+                        free_raw_data=False, params=settings.lightgbm_params()).construct()
+    validate = lgb.Dataset(table.iloc[val_rows], _log_target(features, val_rows),
+                           reference=train).construct()
+    return LogLengthSets(train, validate)
+
+
+def train_l1_booster(settings: BoostingSettings,
+                     train: tuple[pd.DataFrame, np.ndarray] | lgb.Dataset,
+                     validate: tuple[pd.DataFrame, np.ndarray] | lgb.Dataset,
+                     *callbacks: Callable[[Any], None],
                      threads: int = 1) -> tuple[lgb.Booster, dict[str, list[float]], float]:
-    """Fit on (table, log-length) train rows with `threads` threads, stopping early on the
-    validation rows' MAE of log-lengths; the booster, its train and validation curves, and the
-    seconds taken."""
-    train_set = lgb.Dataset(*train, free_raw_data=False)
-    valid_set = lgb.Dataset(*validate, reference=train_set)
+    """Fit on (table, log-length) train rows, or a set binned already, with `threads` threads,
+    stopping early on the validation rows' MAE of log-lengths; the booster, its train and
+    validation curves, and the seconds taken."""
+    train_set = (train if isinstance(train, lgb.Dataset)
+                 else lgb.Dataset(*train, free_raw_data=False))
+    valid_set = (validate if isinstance(validate, lgb.Dataset)
+                 else lgb.Dataset(*validate, reference=train_set))
     curves: dict[str, dict[str, list[float]]] = {}
     started = time.perf_counter()
     booster = lgb.train(
@@ -127,17 +156,17 @@ def train_l1_booster(settings: BoostingSettings, train: tuple[pd.DataFrame, np.n
 
 
 def fit_lightgbm(features: FeatureSet, settings: BoostingSettings,
-                 log: Callable[[str], None] = print, progress: bool = True) -> TrainedBooster:
-    """Fit on the train rows, stopping early on the validation rows' MAE of log-lengths.
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 sets: LogLengthSets | None = None) -> TrainedBooster:
+    """Fit on the train rows (binned already in `sets`, if given), stopping early on the
+    validation rows' MAE of log-lengths.
 
     Logs the scores every LOG_EVERY rounds if `progress`, and the best round at the end.
     """
     table = tabular_features(features)
-    train_rows, val_rows = features.rows["train"], features.rows["validate"]
+    sets = sets or log_length_sets(features, settings)
     booster, curves, seconds = train_l1_booster(
-        settings, (table.iloc[train_rows], _log_target(features, train_rows)),
-        (table.iloc[val_rows], _log_target(features, val_rows)),
-        *([_progress(log)] if progress else []))
+        settings, sets.train, sets.validate, *([_progress(log)] if progress else []))
     log(f"lightgbm num_leaves {settings.num_leaves} feature_fraction "
         f"{settings.feature_fraction:g}: best round {booster.best_iteration} of "
         f"{booster.current_iteration()} ({seconds:.1f} s)")
@@ -164,9 +193,19 @@ def fit_lightgbm_candidates(features: FeatureSet, candidates: list[BoostingSetti
         raise SessionlenError("no LightGBM settings to fit")
     for settings in candidates:
         settings.lightgbm_params()
-    with ThreadPoolExecutor(workers or worker_count(cap=2)) as pool:
-        fitted = list(pool.map(lambda s: fit_lightgbm(features, s, log, progress=False),
-                               candidates))
+    workers = workers or worker_count(cap=2)
+    binned: dict[int, LogLengthSets] = {}
+
+    def fit(settings: BoostingSettings) -> TrainedBooster:
+        if workers > 1:
+            return fit_lightgbm(features, settings, log, progress=False)
+        if settings.min_child_samples not in binned:
+            binned[settings.min_child_samples] = log_length_sets(features, settings)
+        return fit_lightgbm(features, settings, log, progress=False,
+                            sets=binned[settings.min_child_samples])
+
+    with ThreadPoolExecutor(workers) as pool:
+        fitted = list(pool.map(fit, candidates))
     scores = [validation_mae(trained, features) for trained in fitted]
     best = min(range(len(candidates)), key=lambda i: (scores[i], i))
     table = pd.DataFrame([{

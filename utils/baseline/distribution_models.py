@@ -19,7 +19,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from utils.baseline.boosting import BoostingSettings
+from utils.baseline.boosting import BoostingSettings, LogLengthSets, log_length_sets
 from utils.baseline.distribution import (
     DEFAULT_LEVELS,
     DISTRIBUTION_KIND,
@@ -60,16 +60,12 @@ class QuantileBooster:
     train_seconds: float
 
 
-def _fit_level(table: pd.DataFrame, features: FeatureSet, settings: BoostingSettings,
-               level: float) -> lgb.Booster:
+def _fit_level(sets: LogLengthSets, settings: BoostingSettings, level: float) -> lgb.Booster:
     """One quantile booster on log1p(length), stopping early on the validation pinball loss."""
-    train_rows, val_rows = features.rows["train"], features.rows["validate"]
-    target = np.log1p(features.lengths_s)
-    train = lgb.Dataset(table.iloc[train_rows], target[train_rows], free_raw_data=False)
-    valid = lgb.Dataset(table.iloc[val_rows], target[val_rows], reference=train)
     params: dict[str, Any] = {**settings.lightgbm_params(), "objective": "quantile",
                               "alpha": level, "metric": "quantile"}
-    return lgb.train(params, train, num_boost_round=settings.max_rounds, valid_sets=[valid],
+    return lgb.train(params, sets.train, num_boost_round=settings.max_rounds,
+                     valid_sets=[sets.validate],
                      callbacks=[lgb.early_stopping(settings.early_stopping_rounds,
                                                    verbose=False)])
 
@@ -79,13 +75,15 @@ def fit_quantile_lightgbm(features: FeatureSet, settings: BoostingSettings,
                           log: Callable[[str], None] = print, workers: int | None = None
                           ) -> QuantileBooster:
     """Fit a quantile booster per level (`workers` at a time, by default two: each fit is
-    single-threaded)."""
+    single-threaded); one after another, the levels share the binned rows."""
     levels = check_levels(levels)
-    table = tabular_features(features)
+    workers = workers or worker_count(cap=2)
     started = time.perf_counter()
-    with ThreadPoolExecutor(workers or worker_count(cap=2)) as pool:
-        boosters = list(pool.map(lambda level: _fit_level(table, features, settings, level),
-                                 levels))
+    shared = log_length_sets(features, settings) if workers == 1 else None
+    with ThreadPoolExecutor(workers) as pool:
+        boosters = list(pool.map(
+            lambda level: _fit_level(shared or log_length_sets(features, settings), settings,
+                                     level), levels))
     seconds = time.perf_counter() - started
     rounds = [b.best_iteration for b in boosters]
     log(f"{QUANTILE_LIGHTGBM}: levels {list(levels)}, best rounds {rounds} ({seconds:.1f} s)")
