@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
 
 from utils.core import columns as C
 
@@ -41,8 +42,11 @@ class PeerGroups:
 
 def _ordered_mixture(values: np.ndarray, groups: int, seed: int) -> GaussianMixture:
     """A seeded diagonal Gaussian mixture of `groups` components over standardized rows."""
-    return GaussianMixture(groups, covariance_type="diag", n_init=5, reg_covar=1e-4,
-                           random_state=seed).fit(values)
+    # One row per user: the native thread pools' start-up costs more than the work (ten times
+    # more under load from other processes).
+    with threadpool_limits(1):
+        return GaussianMixture(groups, covariance_type="diag", n_init=5, reg_covar=1e-4,
+                               random_state=seed).fit(values)
 
 
 def choose_peer_groups(values: np.ndarray, seed: int, most: int = MAX_PEER_GROUPS) -> int:
