@@ -50,7 +50,7 @@ _FINAL_COLUMNS = [C.USER_ID, C.START_TIMESTAMP, C.SESSION_ID, C.CURRENT_TIMESTAM
 
 def read_plays(work: str | Path) -> pd.DataFrame:
     """Every final_dir play of every split, in (user, session start, play time) order."""
-    frames = [read_final_split(work, split)[_FINAL_COLUMNS] for split in C.SPLITS]
+    frames = [read_final_split(work, split, columns=_FINAL_COLUMNS) for split in C.SPLITS]
     plays = pd.concat(frames, ignore_index=True)
     if plays.empty:
         raise SessionlenError(f"{work}: final_dir holds no plays; run `sessionlen session-data`")

@@ -9,6 +9,7 @@ rows carry the very summary values (ids, profile codes, lengths) the baseline st
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pyarrow.csv as pacsv
 from utils.core import columns as C
 from utils.core.config import DisplayParams, WorkLayout
 from utils.core.errors import SessionlenError
+from utils.core.parallel import worker_count
 from utils.core.spark import check_engine_target
 from utils.core.stage_io import (
     Timer,
@@ -125,16 +127,25 @@ def session_data_overview(work: str | Path) -> pd.DataFrame:
     return table
 
 
-def _read_final_file(path: Path) -> pa.Table:
-    """One final_dir file with its column types."""
+def _read_final_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One final_dir file with its column types (only `columns`, if given; every row is still
+    split and its field count checked)."""
     if not path.is_file():
         raise SessionlenError(f"{path}: no such final_dir file")
-    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=FINAL_TYPES))
+    return pacsv.read_csv(
+        path, read_options=pacsv.ReadOptions(use_threads=False),
+        convert_options=pacsv.ConvertOptions(column_types=FINAL_TYPES,
+                                             include_columns=columns or []))
 
 
-def read_final_split(work: str | Path, split: str, users: list[str] | None = None
-                     ) -> pd.DataFrame:
-    """The per-play rows of one final_dir split (all users, or the given user ids)."""
+def read_final_split(work: str | Path, split: str, users: list[str] | None = None,
+                     columns: list[str] | None = None) -> pd.DataFrame:
+    """The per-play rows of one final_dir split (all users, or the given user ids), with every
+    column or only `columns`.
+
+    Files are read side by side, one per thread: each is small, and Arrow's own threads would
+    spend more on starting than on parsing it.
+    """
     final_dir = WorkLayout(Path(work)).final_dir
     if split not in C.SPLITS:
         raise SessionlenError(f"unknown split {split!r}; valid splits: {', '.join(C.SPLITS)}")
@@ -143,9 +154,12 @@ def read_final_split(work: str | Path, split: str, users: list[str] | None = Non
         require_stage(final_dir, STAGE)
         files = sorted((final_dir / split).glob("*.csv")) if users is None else [
             final_dir / split / f"{user}.csv" for user in users]
-        tables = [_read_final_file(path) for path in files]
+        with ThreadPoolExecutor(worker_count()) as pool:
+            tables = list(pool.map(lambda path: _read_final_file(path, columns), files))
     if not tables:
-        return pa.schema(list(FINAL_TYPES.items())).empty_table().to_pandas()
+        schema = pa.schema(list(FINAL_TYPES.items()))
+        empty = schema.empty_table()
+        return (empty.select(columns) if columns else empty).to_pandas()
     return pa.concat_tables(tables).to_pandas()
 
 
