@@ -10,6 +10,7 @@ the same rows: see `lasted_baselines` and `oracle_given`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,14 +261,23 @@ def add_baselines(run: InSessionRun) -> pd.DataFrame:
 
 
 def train_models(run: InSessionRun, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Train the network and LightGBM of every checkpoint; one line per trained model."""
+    """Train the network and LightGBM of every checkpoint; one line per trained model.
+
+    The LightGBM fits run one after another on a thread of their own while the networks train
+    (a network's small recurrent steps keep about one core busy); their lines are printed as
+    each checkpoint's models are collected, never in the middle of an epoch line.
+    """
     from utils.models_with_clusters.in_session_models import fit_lightgbm, fit_network
 
-    lines = []
+    logged: list[str] = []
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lightgbm")
+    boosted = {e: pool.submit(fit_lightgbm, point.data, run.params, logged.append, 1)
+               for e, point in run.checkpoints.items()}
+    pool.shutdown(wait=False)
+    lines, printed = [], 0
     for e, point in run.checkpoints.items():
         point.results = [r for r in point.results if r.kind in ("baseline", ORACLE)]
-        for fit in (fit_network, fit_lightgbm):
-            trained = fit(point.data, run.params, log)
+        for trained in (fit_network(point.data, run.params, log), boosted[e].result()):
             point.results.append(trained)
             actual = point.data.length_s["validate"]
             lines.append({"checkpoint_s": e, "model": trained.model,
@@ -275,4 +285,7 @@ def train_models(run: InSessionRun, log: Callable[[str], None] = print) -> pd.Da
                                                             - trained.val_predictions_s))),
                           "epochs_or_rounds": len(trained.curves.get("val_loss", [])),
                           "train_seconds": trained.train_seconds})
+        for line in logged[printed:]:
+            log(line)
+        printed = len(logged)
     return pd.DataFrame(lines).set_index(["checkpoint_s", "model"])

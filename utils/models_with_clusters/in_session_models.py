@@ -191,13 +191,16 @@ def lightgbm_table(data: CheckpointData, role: str) -> pd.DataFrame:
 
 
 def fit_lightgbm(data: CheckpointData, params: InSessionParams,
-                 log: Callable[[str], None] = print) -> TrainedModel:
-    """LightGBM (L1 on log1p length) for one checkpoint, stopped early on validation."""
+                 log: Callable[[str], None] = print, threads: int | None = None
+                 ) -> TrainedModel:
+    """LightGBM (L1 on log1p length) for one checkpoint, stopped early on validation, on
+    `threads` threads (by default the cores)."""
     settings = boosting_settings(params)
     tables = {role: lightgbm_table(data, role) for role in ROLES}
     booster, curves, seconds = train_l1_booster(
         settings, (tables["train"], np.log1p(data.length_s["train"])),
-        (tables["validate"], np.log1p(data.length_s["validate"])), threads=worker_count())
+        (tables["validate"], np.log1p(data.length_s["validate"])),
+        threads=threads or worker_count())
     log(f"lightgbm @ {data.checkpoint_s} s: best round {booster.best_iteration} of "
         f"{booster.current_iteration()} ({seconds:.1f} s)")
 
