@@ -133,6 +133,18 @@ def history() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def test_models_fit_on_a_seeded_sample_of_at_most_max_train_sessions() -> None:
+    rows = {"train": np.arange(0, 50, 2), "validate": np.arange(50, 60), "test": np.arange(60, 70)}
+    capped = in_session.fit_rows(rows, 10, seed=3)
+    assert len(capped["train"]) == 10 and set(capped["train"]) <= set(rows["train"])
+    assert np.all(np.diff(capped["train"]) > 0)
+    np.testing.assert_array_equal(capped["train"], in_session.fit_rows(rows, 10, seed=3)["train"])
+    assert capped["validate"] is rows["validate"] and capped["test"] is rows["test"]
+    assert in_session.fit_rows(rows, 25, seed=3)["train"] is rows["train"]
+    with pytest.raises(SessionlenError, match="max_train_sessions must be positive"):
+        in_session.fit_rows(rows, 0, seed=3)
+
+
 def test_baselines_on_a_hand_made_history() -> None:
     sessions = history()
     train = np.array([True, True, True, False, False, True, False])

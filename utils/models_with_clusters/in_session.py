@@ -165,6 +165,18 @@ def _too_few(rows: dict[str, np.ndarray]) -> str | None:
     return "sessions that lasted long enough: " + ", ".join(short) if short else None
 
 
+def fit_rows(rows: dict[str, np.ndarray], most: int, seed: int) -> dict[str, np.ndarray]:
+    """The rows the models fit on: every validation and test row, and at most `most` train
+    rows (a seeded sample, kept in order, when there are more)."""
+    if most < 1:
+        raise SessionlenError(f"max_train_sessions must be positive, got {most}")
+    train = rows["train"]
+    if len(train) > most:
+        train = train[np.sort(np.random.default_rng(seed).choice(len(train), most,
+                                                                 replace=False))]
+    return {**rows, "train": train}
+
+
 def checkpoint_data(features: FeatureSet, tabular: pd.DataFrame, plays: pd.DataFrame,
                     rows: dict[str, np.ndarray], checkpoint_s: int, params: InSessionParams
                     ) -> CheckpointData:
@@ -208,7 +220,8 @@ def start_in_session(work: str | Path, raw: str | Path | None, params: InSession
             skipped[e] = reason
             log(f"checkpoint {e} s skipped: {reason}")
             continue
-        checkpoints[e] = Checkpoint(e, rows, checkpoint_data(features, tabular, plays, rows, e,
+        fitted = fit_rows(rows, params.max_train_sessions, params.seed)
+        checkpoints[e] = Checkpoint(e, rows, checkpoint_data(features, tabular, plays, fitted, e,
                                                              params))
     if not checkpoints:
         raise DatasetTooSmallError(

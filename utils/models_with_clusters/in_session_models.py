@@ -168,7 +168,7 @@ def fit_network(data: CheckpointData, params: InSessionParams,
 
     kept = ("cell", "max_plays", "hidden_dim", "artist_embedding", "track_embedding",
             "max_artist_ids", "max_track_ids", "dropout", "batch_size", "epochs", "patience",
-            "learning_rate", "seed")
+            "learning_rate", "max_train_sessions", "seed")
     return TrainedModel(
         params.cell, "network",
         {**{k: v for k, v in params.to_dict().items() if k in kept},
@@ -209,5 +209,6 @@ def fit_lightgbm(data: CheckpointData, params: InSessionParams,
         return at_least(np.expm1(np.asarray(raw, dtype=np.float64)), data.checkpoint_s)
 
     return TrainedModel(
-        "lightgbm", "lightgbm", {**settings.to_dict(), "best_round": booster.best_iteration},
+        "lightgbm", "lightgbm", {**settings.to_dict(), "best_round": booster.best_iteration,
+                                 "max_train_sessions": params.max_train_sessions},
         predict("validate"), predict("test"), seconds, curves)
