@@ -57,19 +57,6 @@ def format_int(values: np.ndarray) -> pa.Array:
     return pa.array(np.asarray(values, dtype=np.int64)).cast(pa.large_string())
 
 
-def format_small_ints(values: np.ndarray, missing: np.ndarray) -> pa.Array:
-    """Integers of a narrow range (ages) as text, empty where `missing`.
-
-    Each value in the range is turned into text once; the fields gather it.
-    """
-    values = np.asarray(values, dtype=np.int64)
-    present = values[~missing]
-    low, high = (int(present.min()), int(present.max())) if len(present) else (0, -1)
-    texts = pa.array([str(v) for v in range(low, high + 1)] + [""], pa.large_string())
-    # The text after the range is the empty field.
-    return texts.take(pa.array(np.where(missing, high - low + 1, values - low)))
-
-
 def join_lines(fields: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:
     """One CSV line per row (terminated by LF) from already-formatted text columns."""
     text = [pc.fill_null(f.cast(pa.large_string()), "") for f in fields]

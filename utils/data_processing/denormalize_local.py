@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from utils.core import columns as C
 from utils.core.arrow_memory import prefer_jemalloc
-from utils.core.civil_dates import iso_utc_text
+from utils.core.civil_dates import Days
 from utils.core.csv_text import concat, header_line, line_block, quote_minimal
 from utils.core.parallel import in_order, worker_count
 from utils.data_processing.denormalize_fields import (
@@ -32,6 +32,7 @@ from utils.data_processing.denormalize_fields import (
     AgeInputs,
     lookup_rows,
     play_ages,
+    profile_text,
     take_rows,
 )
 from utils.data_processing.plays_reader import read_plays_arrow
@@ -162,16 +163,15 @@ def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> Pla
 def play_lines(fields: PlayFields, rows: np.ndarray) -> pa.Array:
     """The CSV lines of the plays at `rows` (indices into the plays), in that order."""
     user_codes = fields.user_codes[rows]
-    ts_s = fields.ts_s[rows]
+    days = Days.of(fields.ts_s[rows])
     users = pa.array(user_codes)
     lines = concat(
         fields.users.take(users),
-        iso_utc_text(ts_s),
+        days.iso_text(),
         fields.artist_text.take(pa.array(fields.artist_codes[rows])),
         fields.title_text.take(pa.array(fields.title_codes[rows])),
-        fields.user_gender.take(users),
-        play_ages(ts_s, user_codes, fields.ages),
-        fields.user_place.take(users),
+        profile_text(fields.user_gender, fields.user_place, user_codes,
+                     *play_ages(days, user_codes, fields.ages)),
         fields.track_end.take(pa.array(fields.track_ids[rows])),
         sep=",",
     )
