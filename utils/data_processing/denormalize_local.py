@@ -35,10 +35,9 @@ from utils.data_processing.denormalize_fields import (
     profile_text,
     take_rows,
 )
-from utils.data_processing.plays_reader import read_plays_arrow
+from utils.data_processing.plays_reader import read_plays_arrow, used_dictionary
 from utils.data_processing.tracks import (
     distinct_keys,
-    encode,
     play_order,
     read_counts,
     timestamp_seconds,
@@ -46,8 +45,9 @@ from utils.data_processing.tracks import (
 
 # Rows turned into text at once: bounds memory at full scale.
 CHUNK_ROWS = 1_000_000
-# The raw columns the lines are made of.
+# The raw columns the lines are made of; all but the start time are read dictionary-encoded.
 PLAY_COLUMNS = (C.USER_ID, C.TIMESTAMP, C.ARTIST_NAME, C.TRACK_NAME)
+ENCODED_COLUMNS = (C.USER_ID, C.ARTIST_NAME, C.TRACK_NAME)
 
 
 @dataclass
@@ -94,8 +94,8 @@ class Names:
 
 
 def encode_names(names: pa.ChunkedArray) -> Names:
-    """Code each play's spelling; quote and key each distinct spelling once."""
-    codes, spellings = encode(pc.fill_null(names, ""))
+    """Code each play's spelling (read encoded); quote and key each distinct spelling once."""
+    codes, spellings = used_dictionary(names)
     key_of, keys = distinct_keys(spellings)
     return Names(codes, quote_minimal(spellings), key_of, keys)
 
@@ -117,11 +117,29 @@ def metadata_rows(metadata: pa.Table, artist_keys: pa.Array, track_keys: pa.Arra
     return np.append(known, -1)[position]
 
 
+def file_order_runs(user_codes: np.ndarray, ts_s: np.ndarray) -> np.ndarray | None:
+    """`play_order` of plays laid out as the Last.fm files are, None for any other layout.
+
+    In those files each user's plays are one block, newest first, and the user codes count up
+    in order of first appearance; the order is then every block read backwards (equal times
+    too: the later line is the earlier play), found in two passes instead of a sort.
+    """
+    same_user = user_codes[1:] == user_codes[:-1]
+    if not (np.all(user_codes[1:] >= user_codes[:-1])
+            and np.all(~same_user | (ts_s[1:] <= ts_s[:-1]))):
+        return None
+    n_users = int(user_codes[-1]) + 1 if len(user_codes) else 0
+    bounds = np.searchsorted(user_codes, np.arange(n_users + 1))
+    last_row = bounds[1:] + bounds[:-1] - 1
+    return last_row[user_codes] - np.arange(len(user_codes))
+
+
 def users_in_order(plays: pa.Table) -> tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray]:
     """(user code per play, distinct users, start second per play, the plays' output order)."""
-    user_codes, users = encode(plays[C.USER_ID])
+    user_codes, users = used_dictionary(plays[C.USER_ID])
     ts_s = timestamp_seconds(plays)
-    return user_codes, users, ts_s, play_order(user_codes, ts_s)
+    order = file_order_runs(user_codes, ts_s)
+    return user_codes, users, ts_s, play_order(user_codes, ts_s) if order is None else order
 
 
 def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> PlayFields:
@@ -237,7 +255,8 @@ def local_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
     """Local engine: read, join and write every user's file; the counts for the manifest."""
     prefer_jemalloc()
     # MBIDs and line numbers are not written: the reader checks every line but builds neither.
-    plays = read_plays_arrow(plays_path, rejects_dir, columns=PLAY_COLUMNS)
+    plays = read_plays_arrow(plays_path, rejects_dir, columns=PLAY_COLUMNS,
+                             encoded=ENCODED_COLUMNS)
     counts = read_counts(plays)
     fields = prepare_fields(plays, people, metadata)
     del plays  # the fields hold every code and text the lines need

@@ -201,9 +201,11 @@ def _invalid_utf8_lines(split: LineSplit) -> np.ndarray:
 def valid_user_ids(user_ids: pa.Array) -> np.ndarray:
     """Mask of user ids usable as folder names (the pattern also keeps out `.` and `..`).
 
-    A chunk holds the plays of a few users: the pattern is matched once per distinct id.
+    A chunk holds the plays of a few users: the pattern is matched once per distinct id (ids
+    already dictionary-encoded are not encoded again).
     """
-    encoded = pc.dictionary_encode(user_ids)
+    encoded = user_ids if pa.types.is_dictionary(user_ids.type) else pc.dictionary_encode(
+        user_ids)
     valid = pc.match_substring_regex(encoded.dictionary, USER_ID_PATTERN)
     return valid.to_numpy(zero_copy_only=False)[encoded.indices.to_numpy()]
 
