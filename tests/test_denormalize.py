@@ -19,8 +19,10 @@ from utils.core.errors import SessionlenError, StageIncompleteError
 from utils.core.stage_io import MANIFEST, write_manifest
 from utils.data_processing.denormalize import denormalize
 from utils.data_processing.denormalize_fields import USER_FILE, calendar_parts, whole_years
+from utils.data_processing.denormalize_local import file_order_runs
+from utils.data_processing.track_metadata import read_metadata_table
 from utils.data_processing.track_rules import name_key
-from utils.data_processing.tracks import build_unique_tracks, read_unique_tracks
+from utils.data_processing.tracks import build_unique_tracks, play_order, read_unique_tracks
 
 
 def write_metadata(work: Path, rows: Sequence[Sequence[object]]) -> Path:
@@ -222,3 +224,28 @@ def test_rerun_replaces_the_whole_user_dir(tmp_path: Path) -> None:
     summary = denormalize(raw, work)
     assert sorted(p.name for p in WorkLayout(work).user_dir.iterdir()) == [MANIFEST, "u9"]
     assert summary["users_without_profile"] == 1
+
+
+@pytest.mark.parametrize(("users", "seconds", "file_layout"), [
+    ([0, 0, 0, 1, 1, 2], [9, 5, 5, 7, 7, 1], True),
+    ([0, 0, 1, 1, 0], [9, 5, 7, 3, 1], False),
+    ([0, 0, 1], [5, 9, 7], False),
+    ([], [], True),
+])
+def test_file_layout_order_is_play_order(users: list[int], seconds: list[int],
+                                         file_layout: bool) -> None:
+    """Blocks of users newest first take the fast path, to the same order; others do not."""
+    user_codes, ts_s = np.array(users, dtype=np.int64), np.array(seconds, dtype=np.int64)
+    order = file_order_runs(user_codes, ts_s)
+    assert (order is not None) == file_layout
+    if order is not None:
+        assert order.tolist() == play_order(user_codes, ts_s).tolist()
+
+
+def test_metadata_table_reads_what_pandas_reads(tmp_path: Path) -> None:
+    """Empty durations are null; values Arrow refuses but pandas reads are kept as pandas
+    reads them."""
+    path = write_metadata(tmp_path, [["a", "b", "", "", "api"], ["c", "d", " 1.5", "x,y", "api"]])
+    table = read_metadata_table(path)
+    assert table[C.DURATION].to_pylist() == [None, 1.5]
+    assert table[C.GENRE].to_pylist() == ["", "x,y"]

@@ -33,13 +33,13 @@ REGISTERED_YEAR = "registered_year"
 REGISTERED_DAY_KEY = "registered_day_key"
 
 
-def metadata_lookup(metadata: pd.DataFrame) -> pa.Table:
-    """Per track key: the duration and genre fields as CSV text."""
+def metadata_lookup(metadata: pa.Table) -> pa.Table:
+    """Per track key: the duration and genre fields as CSV text (`read_metadata_table`)."""
     return pa.table({
-        C.ARTIST_KEY: pa.array(metadata[C.ARTIST_KEY], pa.large_string()),
-        C.TRACK_KEY: pa.array(metadata[C.TRACK_KEY], pa.large_string()),
+        C.ARTIST_KEY: metadata[C.ARTIST_KEY].cast(pa.large_string()),
+        C.TRACK_KEY: metadata[C.TRACK_KEY].cast(pa.large_string()),
         DURATION_TEXT: format_fixed(metadata[C.DURATION].to_numpy(), DURATION_DECIMALS),
-        GENRE_TEXT: quote_minimal(pa.array(metadata[C.GENRE], pa.large_string())),
+        GENRE_TEXT: quote_minimal(metadata[C.GENRE]),
     })
 
 
