@@ -249,3 +249,21 @@ def test_metadata_table_reads_what_pandas_reads(tmp_path: Path) -> None:
     table = read_metadata_table(path)
     assert table[C.DURATION].to_pylist() == [None, 1.5]
     assert table[C.GENRE].to_pylist() == ["", "x,y"]
+
+
+def test_user_ids_of_different_lengths_write_the_same_lines(tmp_path: Path) -> None:
+    """Ids of one length are written with the start times as one byte matrix; ids of mixed
+    lengths take the general path, to the same lines."""
+    lines = {}
+    for second in ("u2", "user2"):
+        raw, work = tmp_path / second / "raw", tmp_path / second / "work"
+        write_raw(raw, [["u1", "2009-01-02T03:04:05Z", "", "A", "", "B"],
+                        [second, "2009-01-01T00:00:00Z", "", "A", "", "B"]],
+                  [["u1", "m", "20", "Peru", ""]])
+        write_metadata(work, [["a", "b", 200, "", "default"]])
+        denormalize(raw, work)
+        lines[second] = [user_rows(work, user)[1] for user in ("u1", second)]
+    assert lines["u2"][0] == lines["user2"][0] == [
+        "u1", "2009-01-02T03:04:05Z", "A", "B", "m", "20", "Peru", "", "200.000", ""]
+    assert lines["u2"][1][1:] == lines["user2"][1][1:]
+    assert lines["user2"][1][0] == "user2"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from utils.core.csv_text import fixed_width_text
+
 SECONDS_PER_DAY = 86_400
 DAYS_PER_ERA = 146_097
 # Days from 0000-03-01 to 1970-01-01: years start on 1 March, so a leap day ends its year.
@@ -100,32 +102,29 @@ class Days:
         time within a year."""
         return (self.month * 32 + self.day)[self.row] * SECONDS_PER_DAY + self.second_of_day
 
-    def iso_text(self, suffix: str = "") -> pa.Array:
-        """Each instant as `2009-05-04T23:08:57Z` (years 0000-9999) followed by `suffix`.
+    def write_iso(self, text: np.ndarray, column: int) -> None:
+        """Write each instant as `2009-05-04T23:08:57Z` (years 0000-9999) into bytes
+        column..column + 19 of its row of the byte matrix `text`.
 
-        The strings are the rows of one byte matrix written field by field (a whole date or
-        clock time is one unaligned 8-byte store); the Arrow array is that matrix with offsets
-        every row width, no per-value work.
+        Field by field for all rows at once: a whole date or clock time is one unaligned
+        8-byte store, gathered from text made once per day and per second of the day.
         """
         if not len(self.row):
-            return pa.array([], pa.large_string())
+            return
         # "YYYY-MM-" as 8 bytes and "DD" as 2, per day.
         year_month = _text_rows((self.year // 100, b""), (self.year % 100, b"-"),
                                 (self.month, b"-")).view("<u8").ravel()
         day = TWO_DIGITS[self.day].view("<u2").ravel()
-        tail = f"Z{suffix}".encode()
-        width = 19 + len(tail)
-        text = np.empty((len(self.row), width), dtype=np.uint8)
-        _column(text, 0, "<u8")[:] = year_month[self.row]
-        _column(text, 8, "<u2")[:] = day[self.row]
-        text[:, 10] = ord("T")
-        _column(text, 11, "<u8")[:] = CLOCK_TEXT[self.second_of_day]
-        text[:, 19:] = np.frombuffer(tail, dtype=np.uint8)
-        offsets = np.arange(len(self.row) + 1, dtype=np.int64) * width
-        return pa.Array.from_buffers(pa.large_string(), len(self.row),
-                                     [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+        _column(text, column, "<u8")[:] = year_month[self.row]
+        _column(text, column + 8, "<u2")[:] = day[self.row]
+        text[:, column + 10] = ord("T")
+        _column(text, column + 11, "<u8")[:] = CLOCK_TEXT[self.second_of_day]
+        text[:, column + 19] = ord("Z")
 
+    def iso_text(self) -> pa.Array:
+        """Each instant as `2009-05-04T23:08:57Z`: one fixed-width byte matrix, no per-value
+        work."""
+        text = np.empty((len(self.row), ISO_WIDTH), dtype=np.uint8)
+        self.write_iso(text, 0)
+        return fixed_width_text(text)
 
-def iso_utc_text(seconds: np.ndarray, suffix: str = "") -> pa.Array:
-    """Seconds since the epoch as `2009-05-04T23:08:57Z` (years 0000-9999), then `suffix`."""
-    return Days.of(seconds).iso_text(suffix)

@@ -57,6 +57,28 @@ def format_int(values: np.ndarray) -> pa.Array:
     return pa.array(np.asarray(values, dtype=np.int64)).cast(pa.large_string())
 
 
+def fixed_width_text(rows: np.ndarray) -> pa.Array:
+    """The rows of a byte matrix as strings (zero-copy: offsets every row width)."""
+    width = rows.shape[1]
+    offsets = np.arange(len(rows) + 1, dtype=np.int64) * width
+    return pa.Array.from_buffers(pa.large_string(), len(rows),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(rows)])
+
+
+def equal_width_rows(values: pa.Array) -> np.ndarray | None:
+    """Strings of one byte length as the rows of a byte matrix (zero-copy); None otherwise."""
+    values = values.cast(pa.large_string())
+    if values.null_count or not len(values):
+        return None
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[
+        values.offset:values.offset + len(values) + 1]
+    widths = np.diff(offsets)
+    if widths.min() != widths.max() or widths[0] == 0:
+        return None
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+    return data[offsets[0]:offsets[-1]].reshape(len(values), int(widths[0]))
+
+
 def join_lines(fields: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:
     """One CSV line per row (terminated by LF) from already-formatted text columns."""
     text = [pc.fill_null(f.cast(pa.large_string()), "") for f in fields]

@@ -19,8 +19,15 @@ import pyarrow.compute as pc
 
 from utils.core import columns as C
 from utils.core.arrow_memory import prefer_jemalloc
-from utils.core.civil_dates import Days
-from utils.core.csv_text import concat, header_line, line_block, quote_minimal
+from utils.core.civil_dates import ISO_WIDTH, Days
+from utils.core.csv_text import (
+    concat,
+    equal_width_rows,
+    fixed_width_text,
+    header_line,
+    line_block,
+    quote_minimal,
+)
 from utils.core.parallel import in_order, worker_count
 from utils.data_processing.denormalize_fields import (
     COUNTRY_TEXT,
@@ -55,26 +62,25 @@ class PlayFields:
     """What the play lines are made of, prepared once for all plays (local engine).
 
     Per play: the start second and codes into text made once per distinct value: the user's
-    id and profile fields, the artist and track spellings (quoted as CSV needs), and the
-    track's "duration,genre" line end. `order` sorts the plays by user, then time, equal
-    times latest file line first.
+    id (also as a byte matrix when every id has one length) and profile fields, and for each
+    spelling pair the "artist,track" names (quoted as CSV needs) and its track's
+    "duration,genre" line end. `order` sorts the plays by user, then time, equal times
+    latest file line first.
     """
 
     user_codes: np.ndarray
     ts_s: np.ndarray
     order: np.ndarray
-    artist_codes: np.ndarray
-    title_codes: np.ndarray
-    track_ids: np.ndarray
+    pair_ids: np.ndarray
     users: pa.Array
-    artist_text: pa.Array
-    title_text: pa.Array
+    user_rows: np.ndarray | None
     profile_known: np.ndarray
     user_gender: pa.Array
     user_place: pa.Array
     ages: AgeInputs
-    track_end: pa.Array
-    track_known: np.ndarray
+    pair_names: pa.Array
+    pair_end: pa.Array
+    pair_known: np.ndarray
 
 
 def _text_or_empty(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -155,42 +161,61 @@ def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> Pla
         titles = encode_names(plays[C.TRACK_NAME])
         artists = artists.result()
         user_codes, users, ts_s, order = ordered.result()
-    n_keys = len(titles.keys)
-    track_ids, pairs = pd.factorize(artists.key_of[artists.codes] * n_keys
-                                    + titles.key_of[titles.codes])
+    # Tracks are matched per distinct spelling pair: far fewer than plays.
+    pair_ids, pairs = pd.factorize(artists.codes * len(titles.text) + titles.codes)
+    pair_artist, pair_title = np.divmod(np.asarray(pairs, dtype=np.int64), len(titles.text))
+    track_of_pair, tracks = pd.factorize(artists.key_of[pair_artist] * len(titles.keys)
+                                         + titles.key_of[pair_title])
     meta_rows = metadata_rows(metadata, artists.keys, titles.keys,
-                              np.asarray(pairs, dtype=np.int64))
+                              np.asarray(tracks, dtype=np.int64))
     per_track = take_rows(metadata.select([DURATION_TEXT, GENRE_TEXT]), meta_rows)
     per_user = take_rows(people, lookup_rows(users, people[C.USER_ID].combine_chunks()))
+    # The line break rides on the last field: no full-width pass to append it.
+    track_end = concat(_text_or_empty(per_track[DURATION_TEXT]),
+                       concat(_text_or_empty(per_track[GENRE_TEXT]), "\n"), sep=",")
+    track_known = pc.is_valid(per_track[DURATION_TEXT]).to_numpy(zero_copy_only=False)
     return PlayFields(
-        user_codes=user_codes, ts_s=ts_s, order=order, artist_codes=artists.codes,
-        title_codes=titles.codes, track_ids=track_ids.astype(np.int64), users=users,
-        artist_text=artists.text, title_text=titles.text,
+        user_codes=user_codes, ts_s=ts_s, order=order, pair_ids=pair_ids.astype(np.int64),
+        users=users, user_rows=equal_width_rows(users),
         profile_known=pc.is_valid(per_user[C.USER_ID]).to_numpy(zero_copy_only=False),
         user_gender=_text_or_empty(per_user[GENDER_TEXT]),
         user_place=concat(_text_or_empty(per_user[COUNTRY_TEXT]),
                           _text_or_empty(per_user[REGISTERED_TEXT]), sep=","),
         ages=AgeInputs.of(per_user),
-        # The line break rides on the last field: no full-width pass to append it.
-        track_end=concat(_text_or_empty(per_track[DURATION_TEXT]),
-                         concat(_text_or_empty(per_track[GENRE_TEXT]), "\n"), sep=","),
-        track_known=pc.is_valid(per_track[DURATION_TEXT]).to_numpy(zero_copy_only=False),
+        pair_names=concat(artists.text.take(pa.array(pair_artist)),
+                          titles.text.take(pa.array(pair_title)), sep=","),
+        pair_end=track_end.take(pa.array(track_of_pair)),
+        pair_known=track_known[track_of_pair],
     )
+
+
+def user_and_start(fields: PlayFields, user_codes: np.ndarray, days: Days) -> pa.Array:
+    """The `user_id,timestamp` fields of each play.
+
+    When every user id has one length (as Last.fm's do) both are written into one
+    fixed-width byte matrix; otherwise the ids are gathered and joined to the times.
+    """
+    if fields.user_rows is None:
+        return concat(fields.users.take(pa.array(user_codes)), days.iso_text(), sep=",")
+    width = fields.user_rows.shape[1]
+    text = np.empty((len(user_codes), width + 1 + ISO_WIDTH), dtype=np.uint8)
+    text[:, :width] = fields.user_rows[user_codes]
+    text[:, width] = ord(",")
+    days.write_iso(text, width + 1)
+    return fixed_width_text(text)
 
 
 def play_lines(fields: PlayFields, rows: np.ndarray) -> pa.Array:
     """The CSV lines of the plays at `rows` (indices into the plays), in that order."""
     user_codes = fields.user_codes[rows]
     days = Days.of(fields.ts_s[rows])
-    users = pa.array(user_codes)
+    pairs = pa.array(fields.pair_ids[rows])
     lines = concat(
-        fields.users.take(users),
-        days.iso_text(),
-        fields.artist_text.take(pa.array(fields.artist_codes[rows])),
-        fields.title_text.take(pa.array(fields.title_codes[rows])),
+        user_and_start(fields, user_codes, days),
+        fields.pair_names.take(pairs),
         profile_text(fields.user_gender, fields.user_place, user_codes,
                      *play_ages(days, user_codes, fields.ages)),
-        fields.track_end.take(pa.array(fields.track_ids[rows])),
+        fields.pair_end.take(pairs),
         sep=",",
     )
     return lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
@@ -246,7 +271,7 @@ def join_counts(fields: PlayFields) -> dict[str, int]:
         "users": len(fields.users),
         "users_without_profile": int(no_profile.sum()),
         "plays_without_profile": int(plays_per_user[no_profile].sum()),
-        "plays_without_metadata": int(np.count_nonzero(~fields.track_known[fields.track_ids])),
+        "plays_without_metadata": int(np.count_nonzero(~fields.pair_known[fields.pair_ids])),
     }
 
 
