@@ -21,6 +21,7 @@ DAYS_PER_ERA = 146_097
 # Days from 0000-03-01 to 1970-01-01: years start on 1 March, so a leap day ends its year.
 EPOCH_SHIFT = 719_468
 ISO_WIDTH = 20
+LAST_YEAR = 9999
 # Row k holds the two ASCII digits of k: one gather writes a two-digit field.
 TWO_DIGITS = np.array([[48 + k // 10, 48 + k % 10] for k in range(100)], dtype=np.uint8)
 # A day table spanning more days than this beyond the instants' count is built per instant.
@@ -39,6 +40,34 @@ def civil_from_days(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     day = day_of_year - (153 * month_from_march + 2) // 5 + 1
     month = np.where(month_from_march < 10, month_from_march + 3, month_from_march - 9)
     return year_of_era + era * 400 + (month <= 2), month, day
+
+
+def _month_starts() -> tuple[np.ndarray, np.ndarray]:
+    """(days since 1970-01-01 of the first day, length in days) of every month of years
+    0000-9999, by months counted from January 0000: the inverse of `civil_from_days`."""
+    year, month_index = np.divmod(np.arange((LAST_YEAR + 1) * 12 + 1), 12)
+    # Years counted from March, so a leap day ends its year.
+    march_year = year - (month_index < 2)
+    era = np.floor_divide(march_year, 400)
+    year_of_era = march_year - era * 400
+    day_of_year = (153 * ((month_index + 10) % 12) + 2) // 5
+    first = (era * DAYS_PER_ERA + year_of_era * 365 + year_of_era // 4 - year_of_era // 100
+             + day_of_year - EPOCH_SHIFT)
+    return first[:-1], np.diff(first)
+
+
+MONTH_FIRST_DAY, MONTH_LENGTH = _month_starts()
+
+
+def civil_days(year: np.ndarray, month: np.ndarray, day: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Days since 1970-01-01 of calendar dates of years 0000-9999, and a mask of the dates
+    that exist: two lookups in a table of every month, no calendar arithmetic per date."""
+    year, month, day = (np.asarray(a, dtype=np.int64) for a in (year, month, day))
+    index = np.clip(year, 0, LAST_YEAR) * 12 + np.clip(month, 1, 12) - 1
+    exists = ((year >= 0) & (year <= LAST_YEAR) & (month >= 1) & (month <= 12) & (day >= 1)
+              & (day <= MONTH_LENGTH[index]))
+    return MONTH_FIRST_DAY[index] + day - 1, exists
 
 
 def _text_rows(*fields: tuple[np.ndarray, bytes]) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from utils.core.civil_dates import civil_days
 from utils.core.columns import (
     ARTIST_MBID,
     ARTIST_NAME,
@@ -39,7 +40,6 @@ from utils.data_processing.raw_lines import (
     Rejects,
     check_mostly_valid,
     check_not_empty,
-    civil_days,
     split_lines,
     string_types,
     valid_user_ids,
@@ -62,11 +62,26 @@ PLAYS_EXPECTED = (
     "artist name, track MBID, track name), UTF-8, no header"
 )
 
-# Byte positions in `YYYY-MM-DDTHH:MM:SSZ` of the digits and of the fixed separators.
-_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
-_SEP_POS = np.array([4, 7, 10, 13, 16, 19])
-_SEP_VALUES = np.frombuffer(b"--T::Z", dtype=np.uint8)
 TIMESTAMP_WIDTH = 20
+# Per byte of `YYYY-MM-DDTHH:MM:SSZ`: the lowest value allowed and how far above it a byte may
+# go (9 for a digit, 0 for a fixed separator).
+_LOWEST = np.frombuffer(b"0000-00-00T00:00:00Z", dtype=np.uint8)
+_SPAN = np.where(ord("0") == _LOWEST, 9, 0).astype(np.uint8)
+_ALL_TRUE_8 = np.frombuffer(b"\x01" * 8, dtype="<u8")[0]
+_ALL_TRUE_4 = np.frombuffer(b"\x01" * 4, dtype="<u4")[0]
+
+
+def _rows_all(mask: np.ndarray) -> np.ndarray:
+    """Whether every entry of each row of a contiguous (n, 20) bool matrix is true.
+
+    Each row is read as two 8-byte and one 4-byte integer (a true bool is the byte 1), so
+    the reduction is three comparisons per row instead of a 20-wide loop.
+    """
+    def part(offset: int, dtype: str) -> np.ndarray:
+        return np.ndarray((len(mask),), dtype, mask.view(np.uint8), offset, (mask.strides[0],))
+
+    return ((part(0, "<u8") == _ALL_TRUE_8) & (part(8, "<u8") == _ALL_TRUE_8)
+            & (part(16, "<u4") == _ALL_TRUE_4))
 
 
 def parse_timestamp_text(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,15 +90,19 @@ def parse_timestamp_text(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Strict `YYYY-MM-DDTHH:MM:SSZ`: every byte and the calendar are checked (Arrow's strptime
     accepts one-digit months, leading spaces and February 30).
     """
-    # uint8 arithmetic wraps bytes below "0" above 9, so one comparison checks both ends.
-    raw_digits = text[:, _DIGITS] - np.uint8(ord("0"))
-    ok = (raw_digits <= 9).all(axis=1) & (text[:, _SEP_POS] == _SEP_VALUES).all(axis=1)
-    # int16 holds every 2- and 4-digit number here and keeps the (n, 14) matrix small.
-    digits = raw_digits.astype(np.int16)
-    year = digits[:, 0] * 1000 + digits[:, 1] * 100 + digits[:, 2] * 10 + digits[:, 3]
-    pairs = digits[:, 4::2] * 10 + digits[:, 5::2]
-    month, day, hour, minute, second = (pairs[:, k].astype(np.int64) for k in range(5))
-    days, date_ok = civil_days(year, month, day)
+    # uint8 arithmetic wraps bytes below the lowest allowed above the span, so one comparison
+    # checks both ends; at a digit, the difference is the digit's value.
+    offset = np.ascontiguousarray(text) - _LOWEST
+    ok = _rows_all(offset <= _SPAN)
+
+    def number(*columns: int) -> np.ndarray:
+        value = offset[:, columns[0]].astype(np.int64)
+        for column in columns[1:]:
+            value = value * 10 + offset[:, column]
+        return value
+
+    days, date_ok = civil_days(number(0, 1, 2, 3), number(5, 6), number(8, 9))
+    hour, minute, second = number(11, 12), number(14, 15), number(17, 18)
     ok &= date_ok & (hour < 24) & (minute < 60) & (second < 60)
     seconds = days * 86_400 + hour * 3_600 + minute * 60 + second
     return np.where(ok, seconds * 1_000, 0), ok
