@@ -267,3 +267,12 @@ def test_user_ids_of_different_lengths_write_the_same_lines(tmp_path: Path) -> N
         "u1", "2009-01-02T03:04:05Z", "A", "B", "m", "20", "Peru", "", "200.000", ""]
     assert lines["u2"][1][1:] == lines["user2"][1][1:]
     assert lines["user2"][1][0] == "user2"
+
+
+def test_heap_memory_is_kept_where_glibc_is_the_c_library() -> None:
+    """The heap setting applies on glibc and is skipped (False) elsewhere, never an error."""
+    import platform
+
+    from utils.core.arrow_memory import keep_heap_memory
+
+    assert keep_heap_memory() == (platform.libc_ver()[0] == "glibc")

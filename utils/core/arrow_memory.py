@@ -1,15 +1,27 @@
-"""The Arrow memory pool the local engine's stages allocate from."""
+"""The memory the local engine's stages allocate from: Arrow's pool, and the C heap numpy uses.
+
+Both stages allocate and free buffers of tens to hundreds of MB thousands of times. Memory
+handed back to the kernel comes back as fresh pages, which the kernel zeroes on first touch:
+with the default settings that zeroing was the largest single cost of denormalize. So freed
+memory is kept for reuse until the stage's process exits.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import platform
 
 import pyarrow as pa
 
 POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
-# How long jemalloc keeps freed pages before handing them back to the kernel.
-DECAY_MS = 5_000
+# How long jemalloc keeps freed pages before handing them back to the kernel: -1 = never.
+DECAY_MS = -1
+# glibc mallopt(3) options and the values set: no allocation gets its own mapping (large
+# arrays come from the heap and go back to it), and the heap is trimmed only past 2 GiB free.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+HEAP_SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20))
 
 
 def prefer_jemalloc() -> str:
@@ -25,6 +37,18 @@ def prefer_jemalloc() -> str:
     with contextlib.suppress(NotImplementedError):
         pa.set_memory_pool(pa.jemalloc_memory_pool())
         # Arrow sets jemalloc to return freed pages at once; batch after batch of lines of the
-        # same size then faults them in again. Kept a few seconds, they are reused.
+        # same size then faults them in again. Kept, they are reused.
         pa.jemalloc_set_decay_ms(DECAY_MS)
     return pa.default_memory_pool().backend_name
+
+
+def keep_heap_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse; whether it was set (glibc only).
+
+    By default every allocation above 32 MiB is its own mapping, unmapped when freed, so each
+    temporary array of a column faults in freshly zeroed pages.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return all(libc.mallopt(option, value) == 1 for option, value in HEAP_SETTINGS)
