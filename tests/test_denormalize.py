@@ -19,7 +19,7 @@ from utils.core.errors import SessionlenError, StageIncompleteError
 from utils.core.stage_io import MANIFEST, write_manifest
 from utils.data_processing.denormalize import denormalize
 from utils.data_processing.denormalize_fields import USER_FILE, calendar_parts, whole_years
-from utils.data_processing.denormalize_local import file_order_runs
+from utils.data_processing.denormalize_local import file_order_runs, spelling_pairs
 from utils.data_processing.track_metadata import read_metadata_table
 from utils.data_processing.track_rules import name_key
 from utils.data_processing.tracks import build_unique_tracks, play_order, read_unique_tracks
@@ -276,3 +276,14 @@ def test_heap_memory_is_kept_where_glibc_is_the_c_library() -> None:
     from utils.core.arrow_memory import keep_heap_memory
 
     assert keep_heap_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_spelling_pairs_are_every_distinct_pair_once() -> None:
+    """Titles played under one artist and under several: each distinct pair gets one id."""
+    artists = np.array([0, 1, 0, 2, 1, 0, 2], dtype=np.int64)
+    titles = np.array([0, 0, 1, 2, 0, 0, 2], dtype=np.int64)
+    ids, pair_artist, pair_title = spelling_pairs(artists, titles, 3)
+    assert pair_artist[ids].tolist() == artists.tolist()
+    assert pair_title[ids].tolist() == titles.tolist()
+    assert sorted(zip(pair_artist.tolist(), pair_title.tolist(), strict=True)) == [
+        (0, 0), (0, 1), (1, 0), (2, 2)]

@@ -148,6 +148,27 @@ def users_in_order(plays: pa.Table) -> tuple[np.ndarray, pa.Array, np.ndarray, n
     return user_codes, users, ts_s, play_order(user_codes, ts_s) if order is None else order
 
 
+def spelling_pairs(artist_codes: np.ndarray, title_codes: np.ndarray, n_titles: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pair id per play, artist code per pair, title code per pair) of the distinct
+    (artist, title) spelling pairs; every title code below `n_titles` must occur.
+
+    Nearly every track spelling is played under one artist spelling. Each title's pair with
+    one artist it is played under takes the title's code as its id, found by gathers alone;
+    only the plays of the other pairs are hashed.
+    """
+    # Repeated indices leave one of their values: any artist a title is played under will do.
+    main_artist = np.empty(n_titles, dtype=np.int64)
+    main_artist[title_codes] = artist_codes
+    other = np.flatnonzero(artist_codes != main_artist[title_codes])
+    other_ids, other_pairs = pd.factorize(artist_codes[other] * n_titles + title_codes[other])
+    other_artist, other_title = np.divmod(np.asarray(other_pairs, dtype=np.int64), n_titles)
+    pair_ids = title_codes.copy()
+    pair_ids[other] = n_titles + other_ids
+    return (pair_ids, np.concatenate([main_artist, other_artist]),
+            np.concatenate([np.arange(n_titles), other_title]))
+
+
 def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> PlayFields:
     """Encode users and names, order the plays, and look up profiles and metadata.
 
@@ -162,8 +183,8 @@ def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> Pla
         artists = artists.result()
         user_codes, users, ts_s, order = ordered.result()
     # Tracks are matched per distinct spelling pair: far fewer than plays.
-    pair_ids, pairs = pd.factorize(artists.codes * len(titles.text) + titles.codes)
-    pair_artist, pair_title = np.divmod(np.asarray(pairs, dtype=np.int64), len(titles.text))
+    pair_ids, pair_artist, pair_title = spelling_pairs(artists.codes, titles.codes,
+                                                       len(titles.text))
     track_of_pair, tracks = pd.factorize(artists.key_of[pair_artist] * len(titles.keys)
                                          + titles.key_of[pair_title])
     meta_rows = metadata_rows(metadata, artists.keys, titles.keys,
