@@ -135,7 +135,7 @@ def file_order_runs(user_codes: np.ndarray, ts_s: np.ndarray) -> np.ndarray | No
             and np.all(~same_user | (ts_s[1:] <= ts_s[:-1]))):
         return None
     n_users = int(user_codes[-1]) + 1 if len(user_codes) else 0
-    bounds = np.searchsorted(user_codes, np.arange(n_users + 1))
+    bounds = np.searchsorted(user_codes, np.arange(n_users + 1, dtype=user_codes.dtype))
     last_row = bounds[1:] + bounds[:-1] - 1
     return last_row[user_codes] - np.arange(len(user_codes))
 
@@ -145,7 +145,10 @@ def users_in_order(plays: pa.Table) -> tuple[np.ndarray, pa.Array, np.ndarray, n
     user_codes, users = used_dictionary(plays[C.USER_ID])
     ts_s = timestamp_seconds(plays)
     order = file_order_runs(user_codes, ts_s)
-    return user_codes, users, ts_s, play_order(user_codes, ts_s) if order is None else order
+    if order is None:
+        # play_order builds int64 sort keys from the codes.
+        order = play_order(user_codes.astype(np.int64), ts_s)
+    return user_codes, users, ts_s, order
 
 
 def spelling_pairs(artist_codes: np.ndarray, title_codes: np.ndarray, n_titles: int
@@ -161,7 +164,8 @@ def spelling_pairs(artist_codes: np.ndarray, title_codes: np.ndarray, n_titles: 
     main_artist = np.empty(n_titles, dtype=np.int64)
     main_artist[title_codes] = artist_codes
     other = np.flatnonzero(artist_codes != main_artist[title_codes])
-    other_ids, other_pairs = pd.factorize(artist_codes[other] * n_titles + title_codes[other])
+    other_ids, other_pairs = pd.factorize(artist_codes[other].astype(np.int64) * n_titles
+                                          + title_codes[other])
     other_artist, other_title = np.divmod(np.asarray(other_pairs, dtype=np.int64), n_titles)
     pair_ids = title_codes.copy()
     pair_ids[other] = n_titles + other_ids
@@ -196,7 +200,7 @@ def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> Pla
                        concat(_text_or_empty(per_track[GENRE_TEXT]), "\n"), sep=",")
     track_known = pc.is_valid(per_track[DURATION_TEXT]).to_numpy(zero_copy_only=False)
     return PlayFields(
-        user_codes=user_codes, ts_s=ts_s, order=order, pair_ids=pair_ids.astype(np.int64),
+        user_codes=user_codes, ts_s=ts_s, order=order, pair_ids=pair_ids,
         users=users, user_rows=equal_width_rows(users),
         profile_known=pc.is_valid(per_user[C.USER_ID]).to_numpy(zero_copy_only=False),
         user_gender=_text_or_empty(per_user[GENDER_TEXT]),
@@ -262,7 +266,8 @@ def write_user_files(out_dir: Path, fields: PlayFields, chunk_rows: int = CHUNK_
     while this thread writes the finished batches' files, each in one write.
     """
     sorted_users = fields.user_codes[fields.order]
-    bounds = np.searchsorted(sorted_users, np.arange(len(fields.users) + 1))
+    bounds = np.searchsorted(sorted_users,
+                             np.arange(len(fields.users) + 1, dtype=sorted_users.dtype))
     names = fields.users.to_pylist()
     header = header_line(C.USER_DIR_COLUMNS)
     batches = user_batches(bounds, chunk_rows)

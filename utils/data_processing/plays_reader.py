@@ -198,7 +198,8 @@ def used_dictionary(values: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     dictionaries unified (values in order of first appearance), values no row uses dropped."""
     combined = values.combine_chunks() if values.num_chunks else pa.array(
         [], values.type)
-    codes = combined.indices.to_numpy().astype(np.int64)
+    # int32, as Arrow holds them (zero-copy): half the memory of int64 for every play.
+    codes = combined.indices.to_numpy()
     dictionary = combined.dictionary
     used = np.bincount(codes, minlength=len(dictionary)) > 0
     if not used.all():
