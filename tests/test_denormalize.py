@@ -269,13 +269,13 @@ def test_user_ids_of_different_lengths_write_the_same_lines(tmp_path: Path) -> N
     assert lines["user2"][1][0] == "user2"
 
 
-def test_heap_memory_is_kept_where_glibc_is_the_c_library() -> None:
+def test_freed_memory_is_kept_where_glibc_is_the_c_library() -> None:
     """The heap setting applies on glibc and is skipped (False) elsewhere, never an error."""
     import platform
 
-    from utils.core.arrow_memory import keep_heap_memory
+    from utils.core.arrow_memory import keep_freed_memory
 
-    assert keep_heap_memory() == (platform.libc_ver()[0] == "glibc")
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
 
 
 def test_spelling_pairs_are_every_distinct_pair_once() -> None:
