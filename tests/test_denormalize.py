@@ -19,8 +19,10 @@ from utils.core.errors import SessionlenError, StageIncompleteError
 from utils.core.stage_io import MANIFEST, write_manifest
 from utils.data_processing.denormalize import denormalize
 from utils.data_processing.denormalize_fields import USER_FILE, calendar_parts, whole_years
+from utils.data_processing.denormalize_local import file_order_runs, spelling_pairs
+from utils.data_processing.track_metadata import read_metadata_table
 from utils.data_processing.track_rules import name_key
-from utils.data_processing.tracks import build_unique_tracks, read_unique_tracks
+from utils.data_processing.tracks import build_unique_tracks, play_order, read_unique_tracks
 
 
 def write_metadata(work: Path, rows: Sequence[Sequence[object]]) -> Path:
@@ -222,3 +224,66 @@ def test_rerun_replaces_the_whole_user_dir(tmp_path: Path) -> None:
     summary = denormalize(raw, work)
     assert sorted(p.name for p in WorkLayout(work).user_dir.iterdir()) == [MANIFEST, "u9"]
     assert summary["users_without_profile"] == 1
+
+
+@pytest.mark.parametrize(("users", "seconds", "file_layout"), [
+    ([0, 0, 0, 1, 1, 2], [9, 5, 5, 7, 7, 1], True),
+    ([0, 0, 1, 1, 0], [9, 5, 7, 3, 1], False),
+    ([0, 0, 1], [5, 9, 7], False),
+    ([], [], True),
+])
+def test_file_layout_order_is_play_order(users: list[int], seconds: list[int],
+                                         file_layout: bool) -> None:
+    """Blocks of users newest first take the fast path, to the same order; others do not."""
+    user_codes, ts_s = np.array(users, dtype=np.int64), np.array(seconds, dtype=np.int64)
+    order = file_order_runs(user_codes, ts_s)
+    assert (order is not None) == file_layout
+    if order is not None:
+        assert order.tolist() == play_order(user_codes, ts_s).tolist()
+
+
+def test_metadata_table_reads_what_pandas_reads(tmp_path: Path) -> None:
+    """Empty durations are null; values Arrow refuses but pandas reads are kept as pandas
+    reads them."""
+    path = write_metadata(tmp_path, [["a", "b", "", "", "api"], ["c", "d", " 1.5", "x,y", "api"]])
+    table = read_metadata_table(path)
+    assert table[C.DURATION].to_pylist() == [None, 1.5]
+    assert table[C.GENRE].to_pylist() == ["", "x,y"]
+
+
+def test_user_ids_of_different_lengths_write_the_same_lines(tmp_path: Path) -> None:
+    """Ids of one length are written with the start times as one byte matrix; ids of mixed
+    lengths take the general path, to the same lines."""
+    lines = {}
+    for second in ("u2", "user2"):
+        raw, work = tmp_path / second / "raw", tmp_path / second / "work"
+        write_raw(raw, [["u1", "2009-01-02T03:04:05Z", "", "A", "", "B"],
+                        [second, "2009-01-01T00:00:00Z", "", "A", "", "B"]],
+                  [["u1", "m", "20", "Peru", ""]])
+        write_metadata(work, [["a", "b", 200, "", "default"]])
+        denormalize(raw, work)
+        lines[second] = [user_rows(work, user)[1] for user in ("u1", second)]
+    assert lines["u2"][0] == lines["user2"][0] == [
+        "u1", "2009-01-02T03:04:05Z", "A", "B", "m", "20", "Peru", "", "200.000", ""]
+    assert lines["u2"][1][1:] == lines["user2"][1][1:]
+    assert lines["user2"][1][0] == "user2"
+
+
+def test_freed_memory_is_kept_where_glibc_is_the_c_library() -> None:
+    """The heap setting applies on glibc and is skipped (False) elsewhere, never an error."""
+    import platform
+
+    from utils.core.arrow_memory import keep_freed_memory
+
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_spelling_pairs_are_every_distinct_pair_once() -> None:
+    """Titles played under one artist and under several: each distinct pair gets one id."""
+    artists = np.array([0, 1, 0, 2, 1, 0, 2], dtype=np.int64)
+    titles = np.array([0, 0, 1, 2, 0, 0, 2], dtype=np.int64)
+    ids, pair_artist, pair_title = spelling_pairs(artists, titles, 3)
+    assert pair_artist[ids].tolist() == artists.tolist()
+    assert pair_title[ids].tolist() == titles.tolist()
+    assert sorted(zip(pair_artist.tolist(), pair_title.tolist(), strict=True)) == [
+        (0, 0), (0, 1), (1, 0), (2, 2)]

@@ -366,3 +366,21 @@ def test_property_every_line_accounted_for(
         assert _rejects(result.rejects_path)["line_number"].tolist() == damaged
     else:
         assert result.rejects_path is None
+
+
+def test_encoded_columns_hold_the_same_text_and_only_kept_users(tmp_path: Path,
+                                                                 real_lines: list[bytes]) -> None:
+    """Encoded per chunk, the columns decode to the plain ones; an id whose every line was
+    rejected (after the id check) leaves no value behind."""
+    lost = [b"user_000777\t2009-02-30T10:00:00Z\t\tA\t\tB"] * 3
+    path = tmp_path / "plays.tsv"
+    path.write_bytes(b"\n".join(lost + real_lines[:300]) + b"\n")
+    names = ("user_id", "artist_name", "track_name")
+    plain = read_plays_arrow(path, columns=names)
+    encoded = read_plays_arrow(path, columns=names, encoded=names)
+    for name in names:
+        codes, values = plays_reader.used_dictionary(encoded[name])
+        assert values.take(codes).to_pylist() == plain[name].to_pylist()
+    assert "user_000777" not in plays_reader.used_dictionary(encoded["user_id"])[1].to_pylist()
+    with pytest.raises(SessionlenError, match="cannot be encoded"):
+        read_plays_arrow(path, encoded=["timestamp"])

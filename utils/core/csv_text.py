@@ -57,17 +57,26 @@ def format_int(values: np.ndarray) -> pa.Array:
     return pa.array(np.asarray(values, dtype=np.int64)).cast(pa.large_string())
 
 
-def format_small_ints(values: np.ndarray, missing: np.ndarray) -> pa.Array:
-    """Integers of a narrow range (ages) as text, empty where `missing`.
+def fixed_width_text(rows: np.ndarray) -> pa.Array:
+    """The rows of a byte matrix as strings (zero-copy: offsets every row width)."""
+    width = rows.shape[1]
+    offsets = np.arange(len(rows) + 1, dtype=np.int64) * width
+    return pa.Array.from_buffers(pa.large_string(), len(rows),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(rows)])
 
-    Each value in the range is turned into text once; the fields gather it.
-    """
-    values = np.asarray(values, dtype=np.int64)
-    present = values[~missing]
-    low, high = (int(present.min()), int(present.max())) if len(present) else (0, -1)
-    texts = pa.array([str(v) for v in range(low, high + 1)] + [""], pa.large_string())
-    # The text after the range is the empty field.
-    return texts.take(pa.array(np.where(missing, high - low + 1, values - low)))
+
+def equal_width_rows(values: pa.Array) -> np.ndarray | None:
+    """Strings of one byte length as the rows of a byte matrix (zero-copy); None otherwise."""
+    values = values.cast(pa.large_string())
+    if values.null_count or not len(values):
+        return None
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[
+        values.offset:values.offset + len(values) + 1]
+    widths = np.diff(offsets)
+    if widths.min() != widths.max() or widths[0] == 0:
+        return None
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+    return data[offsets[0]:offsets[-1]].reshape(len(values), int(widths[0]))
 
 
 def join_lines(fields: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:

@@ -21,7 +21,7 @@ from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
 from utils.core.work_lock import locked_stage
 from utils.data_processing.denormalize_fields import USER_FILE, metadata_lookup, profile_lookup
-from utils.data_processing.track_metadata import read_metadata_file
+from utils.data_processing.track_metadata import read_metadata_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,7 +41,8 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
     with Timer() as prepare:
         profiles = read_profiles(profile_path, layout.rejects)
         people = profile_lookup(profiles.frame)
-        metadata = metadata_lookup(read_metadata_file(layout.track_metadata))
+        metadata = metadata_lookup(read_metadata_table(
+            layout.track_metadata, [C.ARTIST_KEY, C.TRACK_KEY, C.DURATION, C.GENRE]))
     with Timer() as build, atomic_dir(layout.user_dir) as tmp:
         if engine == "spark":
             from utils.data_processing.spark_stages import spark_denormalize

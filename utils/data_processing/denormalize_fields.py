@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils.core import columns as C
-from utils.core.civil_dates import SECONDS_PER_DAY, civil_from_days
-from utils.core.csv_text import format_fixed, format_small_ints, quote_minimal
+from utils.core.civil_dates import Days
+from utils.core.csv_text import format_fixed, quote_minimal
 
 USER_FILE = "part-00000.csv"
 DURATION_DECIMALS = 3
@@ -33,25 +33,24 @@ REGISTERED_YEAR = "registered_year"
 REGISTERED_DAY_KEY = "registered_day_key"
 
 
-def metadata_lookup(metadata: pd.DataFrame) -> pa.Table:
-    """Per track key: the duration and genre fields as CSV text."""
+def metadata_lookup(metadata: pa.Table) -> pa.Table:
+    """Per track key: the duration and genre fields as CSV text (`read_metadata_table`)."""
     return pa.table({
-        C.ARTIST_KEY: pa.array(metadata[C.ARTIST_KEY], pa.large_string()),
-        C.TRACK_KEY: pa.array(metadata[C.TRACK_KEY], pa.large_string()),
+        C.ARTIST_KEY: metadata[C.ARTIST_KEY].cast(pa.large_string()),
+        C.TRACK_KEY: metadata[C.TRACK_KEY].cast(pa.large_string()),
         DURATION_TEXT: format_fixed(metadata[C.DURATION].to_numpy(), DURATION_DECIMALS),
-        GENRE_TEXT: quote_minimal(pa.array(metadata[C.GENRE], pa.large_string())),
+        GENRE_TEXT: quote_minimal(metadata[C.GENRE]),
     })
 
 
-def calendar_parts(seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def calendar_parts(seconds: np.ndarray | Days) -> tuple[np.ndarray, np.ndarray]:
     """(year, position within the year) of UTC instants; positions compare like dates + times.
 
     The position is (month * 32 + day) * 86400 + second of day, so comparing positions tells
     whether an anniversary has been reached, a 29 February one included (it falls on 1 March).
     """
-    days, second_of_day = np.divmod(np.asarray(seconds, dtype=np.int64), SECONDS_PER_DAY)
-    year, month, day = civil_from_days(days)
-    return year, (month * 32 + day) * SECONDS_PER_DAY + second_of_day
+    days = seconds if isinstance(seconds, Days) else Days.of(seconds)
+    return days.year[days.row], days.calendar_key()
 
 
 def whole_years(from_year: np.ndarray, from_key: np.ndarray, to_year: np.ndarray,
@@ -107,17 +106,36 @@ class AgeInputs:
                    values(REGISTERED_DAY_KEY), known(REGISTERED_YEAR))
 
 
-def play_ages(ts_s: np.ndarray, users: np.ndarray, inputs: AgeInputs) -> pa.Array:
-    """The age field of each play (user row `users`): age at registration + whole years since,
-    the profile age if no date, empty if no age."""
+def play_ages(days: Days, users: np.ndarray, inputs: AgeInputs) -> tuple[np.ndarray, np.ndarray]:
+    """(age, unknown) of each play at instants `days` by user row `users`: age at registration
+    + whole years since, the profile age if no date; unknown where the profile has no age."""
     registered = inputs.registered_known[users]
-    years = np.zeros(len(ts_s), dtype=np.int64)
+    years = np.zeros(len(users), dtype=np.int64)
     if registered.any():
-        play_year, play_key = calendar_parts(ts_s)
+        play_year, play_key = calendar_parts(days)
         elapsed = whole_years(inputs.registered_year[users], inputs.registered_key[users],
                               play_year, play_key)
         years = np.where(registered, elapsed, 0)
-    return format_small_ints(inputs.age[users] + years, ~inputs.age_known[users])
+    return inputs.age[users] + years, ~inputs.age_known[users]
+
+
+def profile_text(gender: pa.Array, place: pa.Array, users: np.ndarray, ages: np.ndarray,
+                 unknown_age: np.ndarray) -> pa.Array:
+    """The `gender,age,country,registered` fields of each play, by user row `users`.
+
+    `gender` and `place` (`country,registered`) are per user. Plays in user order come in long
+    runs of one user and one age: the text is made once per run and gathered.
+    """
+    starts = np.ones(len(users), dtype=bool)
+    starts[1:] = ((users[1:] != users[:-1]) | (ages[1:] != ages[:-1])
+                  | (unknown_age[1:] != unknown_age[:-1]))
+    first = np.flatnonzero(starts)
+    run_users = pa.array(users[first])
+    age_text = pc.if_else(pa.array(unknown_age[first]), pa.scalar("", pa.large_string()),
+                          pa.array(ages[first]).cast(pa.large_string()))
+    text = pc.binary_join_element_wise(gender.take(run_users), age_text, place.take(run_users),
+                                       pa.scalar(",", pa.large_string()))
+    return text.take(pa.array(np.cumsum(starts) - 1))
 
 
 def lookup_rows(keys: pa.Array, table_keys: pa.Array) -> np.ndarray:

@@ -18,9 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils.core import columns as C
-from utils.core.arrow_memory import prefer_jemalloc
-from utils.core.civil_dates import iso_utc_text
-from utils.core.csv_text import concat, header_line, line_block, quote_minimal
+from utils.core.arrow_memory import keep_freed_memory, prefer_jemalloc
+from utils.core.civil_dates import ISO_WIDTH, Days
+from utils.core.csv_text import (
+    concat,
+    equal_width_rows,
+    fixed_width_text,
+    header_line,
+    line_block,
+    quote_minimal,
+)
 from utils.core.parallel import in_order, worker_count
 from utils.data_processing.denormalize_fields import (
     COUNTRY_TEXT,
@@ -32,12 +39,12 @@ from utils.data_processing.denormalize_fields import (
     AgeInputs,
     lookup_rows,
     play_ages,
+    profile_text,
     take_rows,
 )
-from utils.data_processing.plays_reader import read_plays_arrow
+from utils.data_processing.plays_reader import read_plays_arrow, used_dictionary
 from utils.data_processing.tracks import (
     distinct_keys,
-    encode,
     play_order,
     read_counts,
     timestamp_seconds,
@@ -45,8 +52,9 @@ from utils.data_processing.tracks import (
 
 # Rows turned into text at once: bounds memory at full scale.
 CHUNK_ROWS = 1_000_000
-# The raw columns the lines are made of.
+# The raw columns the lines are made of; all but the start time are read dictionary-encoded.
 PLAY_COLUMNS = (C.USER_ID, C.TIMESTAMP, C.ARTIST_NAME, C.TRACK_NAME)
+ENCODED_COLUMNS = (C.USER_ID, C.ARTIST_NAME, C.TRACK_NAME)
 
 
 @dataclass
@@ -54,26 +62,25 @@ class PlayFields:
     """What the play lines are made of, prepared once for all plays (local engine).
 
     Per play: the start second and codes into text made once per distinct value: the user's
-    id and profile fields, the artist and track spellings (quoted as CSV needs), and the
-    track's "duration,genre" line end. `order` sorts the plays by user, then time, equal
-    times latest file line first.
+    id (also as a byte matrix when every id has one length) and profile fields, and for each
+    spelling pair the "artist,track" names (quoted as CSV needs) and its track's
+    "duration,genre" line end. `order` sorts the plays by user, then time, equal times
+    latest file line first.
     """
 
     user_codes: np.ndarray
     ts_s: np.ndarray
     order: np.ndarray
-    artist_codes: np.ndarray
-    title_codes: np.ndarray
-    track_ids: np.ndarray
+    pair_ids: np.ndarray
     users: pa.Array
-    artist_text: pa.Array
-    title_text: pa.Array
+    user_rows: np.ndarray | None
     profile_known: np.ndarray
     user_gender: pa.Array
     user_place: pa.Array
     ages: AgeInputs
-    track_end: pa.Array
-    track_known: np.ndarray
+    pair_names: pa.Array
+    pair_end: pa.Array
+    pair_known: np.ndarray
 
 
 def _text_or_empty(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -93,8 +100,8 @@ class Names:
 
 
 def encode_names(names: pa.ChunkedArray) -> Names:
-    """Code each play's spelling; quote and key each distinct spelling once."""
-    codes, spellings = encode(pc.fill_null(names, ""))
+    """Code each play's spelling (read encoded); quote and key each distinct spelling once."""
+    codes, spellings = used_dictionary(names)
     key_of, keys = distinct_keys(spellings)
     return Names(codes, quote_minimal(spellings), key_of, keys)
 
@@ -116,11 +123,54 @@ def metadata_rows(metadata: pa.Table, artist_keys: pa.Array, track_keys: pa.Arra
     return np.append(known, -1)[position]
 
 
+def file_order_runs(user_codes: np.ndarray, ts_s: np.ndarray) -> np.ndarray | None:
+    """`play_order` of plays laid out as the Last.fm files are, None for any other layout.
+
+    In those files each user's plays are one block, newest first, and the user codes count up
+    in order of first appearance; the order is then every block read backwards (equal times
+    too: the later line is the earlier play), found in two passes instead of a sort.
+    """
+    same_user = user_codes[1:] == user_codes[:-1]
+    if not (np.all(user_codes[1:] >= user_codes[:-1])
+            and np.all(~same_user | (ts_s[1:] <= ts_s[:-1]))):
+        return None
+    n_users = int(user_codes[-1]) + 1 if len(user_codes) else 0
+    bounds = np.searchsorted(user_codes, np.arange(n_users + 1, dtype=user_codes.dtype))
+    last_row = bounds[1:] + bounds[:-1] - 1
+    return last_row[user_codes] - np.arange(len(user_codes))
+
+
 def users_in_order(plays: pa.Table) -> tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray]:
     """(user code per play, distinct users, start second per play, the plays' output order)."""
-    user_codes, users = encode(plays[C.USER_ID])
+    user_codes, users = used_dictionary(plays[C.USER_ID])
     ts_s = timestamp_seconds(plays)
-    return user_codes, users, ts_s, play_order(user_codes, ts_s)
+    order = file_order_runs(user_codes, ts_s)
+    if order is None:
+        # play_order builds int64 sort keys from the codes.
+        order = play_order(user_codes.astype(np.int64), ts_s)
+    return user_codes, users, ts_s, order
+
+
+def spelling_pairs(artist_codes: np.ndarray, title_codes: np.ndarray, n_titles: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pair id per play, artist code per pair, title code per pair) of the distinct
+    (artist, title) spelling pairs; every title code below `n_titles` must occur.
+
+    Nearly every track spelling is played under one artist spelling. Each title's pair with
+    one artist it is played under takes the title's code as its id, found by gathers alone;
+    only the plays of the other pairs are hashed.
+    """
+    # Repeated indices leave one of their values: any artist a title is played under will do.
+    main_artist = np.empty(n_titles, dtype=np.int64)
+    main_artist[title_codes] = artist_codes
+    other = np.flatnonzero(artist_codes != main_artist[title_codes])
+    other_ids, other_pairs = pd.factorize(artist_codes[other].astype(np.int64) * n_titles
+                                          + title_codes[other])
+    other_artist, other_title = np.divmod(np.asarray(other_pairs, dtype=np.int64), n_titles)
+    pair_ids = title_codes.copy()
+    pair_ids[other] = n_titles + other_ids
+    return (pair_ids, np.concatenate([main_artist, other_artist]),
+            np.concatenate([np.arange(n_titles), other_title]))
 
 
 def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> PlayFields:
@@ -136,43 +186,61 @@ def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> Pla
         titles = encode_names(plays[C.TRACK_NAME])
         artists = artists.result()
         user_codes, users, ts_s, order = ordered.result()
-    n_keys = len(titles.keys)
-    track_ids, pairs = pd.factorize(artists.key_of[artists.codes] * n_keys
-                                    + titles.key_of[titles.codes])
+    # Tracks are matched per distinct spelling pair: far fewer than plays.
+    pair_ids, pair_artist, pair_title = spelling_pairs(artists.codes, titles.codes,
+                                                       len(titles.text))
+    track_of_pair, tracks = pd.factorize(artists.key_of[pair_artist] * len(titles.keys)
+                                         + titles.key_of[pair_title])
     meta_rows = metadata_rows(metadata, artists.keys, titles.keys,
-                              np.asarray(pairs, dtype=np.int64))
+                              np.asarray(tracks, dtype=np.int64))
     per_track = take_rows(metadata.select([DURATION_TEXT, GENRE_TEXT]), meta_rows)
     per_user = take_rows(people, lookup_rows(users, people[C.USER_ID].combine_chunks()))
+    # The line break rides on the last field: no full-width pass to append it.
+    track_end = concat(_text_or_empty(per_track[DURATION_TEXT]),
+                       concat(_text_or_empty(per_track[GENRE_TEXT]), "\n"), sep=",")
+    track_known = pc.is_valid(per_track[DURATION_TEXT]).to_numpy(zero_copy_only=False)
     return PlayFields(
-        user_codes=user_codes, ts_s=ts_s, order=order, artist_codes=artists.codes,
-        title_codes=titles.codes, track_ids=track_ids.astype(np.int64), users=users,
-        artist_text=artists.text, title_text=titles.text,
+        user_codes=user_codes, ts_s=ts_s, order=order, pair_ids=pair_ids,
+        users=users, user_rows=equal_width_rows(users),
         profile_known=pc.is_valid(per_user[C.USER_ID]).to_numpy(zero_copy_only=False),
         user_gender=_text_or_empty(per_user[GENDER_TEXT]),
         user_place=concat(_text_or_empty(per_user[COUNTRY_TEXT]),
                           _text_or_empty(per_user[REGISTERED_TEXT]), sep=","),
         ages=AgeInputs.of(per_user),
-        # The line break rides on the last field: no full-width pass to append it.
-        track_end=concat(_text_or_empty(per_track[DURATION_TEXT]),
-                         concat(_text_or_empty(per_track[GENRE_TEXT]), "\n"), sep=","),
-        track_known=pc.is_valid(per_track[DURATION_TEXT]).to_numpy(zero_copy_only=False),
+        pair_names=concat(artists.text.take(pa.array(pair_artist)),
+                          titles.text.take(pa.array(pair_title)), sep=","),
+        pair_end=track_end.take(pa.array(track_of_pair)),
+        pair_known=track_known[track_of_pair],
     )
+
+
+def user_and_start(fields: PlayFields, user_codes: np.ndarray, days: Days) -> pa.Array:
+    """The `user_id,timestamp` fields of each play.
+
+    When every user id has one length (as Last.fm's do) both are written into one
+    fixed-width byte matrix; otherwise the ids are gathered and joined to the times.
+    """
+    if fields.user_rows is None:
+        return concat(fields.users.take(pa.array(user_codes)), days.iso_text(), sep=",")
+    width = fields.user_rows.shape[1]
+    text = np.empty((len(user_codes), width + 1 + ISO_WIDTH), dtype=np.uint8)
+    text[:, :width] = fields.user_rows[user_codes]
+    text[:, width] = ord(",")
+    days.write_iso(text, width + 1)
+    return fixed_width_text(text)
 
 
 def play_lines(fields: PlayFields, rows: np.ndarray) -> pa.Array:
     """The CSV lines of the plays at `rows` (indices into the plays), in that order."""
     user_codes = fields.user_codes[rows]
-    ts_s = fields.ts_s[rows]
-    users = pa.array(user_codes)
+    days = Days.of(fields.ts_s[rows])
+    pairs = pa.array(fields.pair_ids[rows])
     lines = concat(
-        fields.users.take(users),
-        iso_utc_text(ts_s),
-        fields.artist_text.take(pa.array(fields.artist_codes[rows])),
-        fields.title_text.take(pa.array(fields.title_codes[rows])),
-        fields.user_gender.take(users),
-        play_ages(ts_s, user_codes, fields.ages),
-        fields.user_place.take(users),
-        fields.track_end.take(pa.array(fields.track_ids[rows])),
+        user_and_start(fields, user_codes, days),
+        fields.pair_names.take(pairs),
+        profile_text(fields.user_gender, fields.user_place, user_codes,
+                     *play_ages(days, user_codes, fields.ages)),
+        fields.pair_end.take(pairs),
         sep=",",
     )
     return lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
@@ -198,7 +266,8 @@ def write_user_files(out_dir: Path, fields: PlayFields, chunk_rows: int = CHUNK_
     while this thread writes the finished batches' files, each in one write.
     """
     sorted_users = fields.user_codes[fields.order]
-    bounds = np.searchsorted(sorted_users, np.arange(len(fields.users) + 1))
+    bounds = np.searchsorted(sorted_users,
+                             np.arange(len(fields.users) + 1, dtype=sorted_users.dtype))
     names = fields.users.to_pylist()
     header = header_line(C.USER_DIR_COLUMNS)
     batches = user_batches(bounds, chunk_rows)
@@ -228,7 +297,7 @@ def join_counts(fields: PlayFields) -> dict[str, int]:
         "users": len(fields.users),
         "users_without_profile": int(no_profile.sum()),
         "plays_without_profile": int(plays_per_user[no_profile].sum()),
-        "plays_without_metadata": int(np.count_nonzero(~fields.track_known[fields.track_ids])),
+        "plays_without_metadata": int(np.count_nonzero(~fields.pair_known[fields.pair_ids])),
     }
 
 
@@ -236,8 +305,10 @@ def local_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
                        metadata: pa.Table, out_dir: Path) -> dict[str, Any]:
     """Local engine: read, join and write every user's file; the counts for the manifest."""
     prefer_jemalloc()
+    keep_freed_memory()
     # MBIDs and line numbers are not written: the reader checks every line but builds neither.
-    plays = read_plays_arrow(plays_path, rejects_dir, columns=PLAY_COLUMNS)
+    plays = read_plays_arrow(plays_path, rejects_dir, columns=PLAY_COLUMNS,
+                             encoded=ENCODED_COLUMNS)
     counts = read_counts(plays)
     fields = prepare_fields(plays, people, metadata)
     del plays  # the fields hold every code and text the lines need

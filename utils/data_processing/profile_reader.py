@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils.core.civil_dates import civil_days
 from utils.core.columns import (
     AGE,
     COUNTRY,
@@ -31,7 +32,6 @@ from utils.data_processing.raw_lines import (
     LineSplit,
     ReadResult,
     check_mostly_valid,
-    civil_days,
     split_lines,
     string_types,
     valid_user_ids,

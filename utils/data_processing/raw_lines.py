@@ -3,7 +3,7 @@
 Both files are split on raw bytes rather than with a CSV parser: quote characters are plain text
 in this format (a default CSV reader merges ~52K lines of the real plays file), a CR inside a line
 must be a reject rather than a line break, and every reject needs its exact 1-based line number.
-Here: the splitting, the reject reasons, the checks of user ids and calendar dates both files
+Here: the splitting, the reject reasons, the check of the user ids both files
 hold, the refusal of a file that is not this format, and the rejects CSV.
 """
 
@@ -201,23 +201,13 @@ def _invalid_utf8_lines(split: LineSplit) -> np.ndarray:
 def valid_user_ids(user_ids: pa.Array) -> np.ndarray:
     """Mask of user ids usable as folder names (the pattern also keeps out `.` and `..`).
 
-    A chunk holds the plays of a few users: the pattern is matched once per distinct id.
+    A chunk holds the plays of a few users: the pattern is matched once per distinct id (ids
+    already dictionary-encoded are not encoded again).
     """
-    encoded = pc.dictionary_encode(user_ids)
+    encoded = user_ids if pa.types.is_dictionary(user_ids.type) else pc.dictionary_encode(
+        user_ids)
     valid = pc.match_substring_regex(encoded.dictionary, USER_ID_PATTERN)
     return valid.to_numpy(zero_copy_only=False)[encoded.indices.to_numpy()]
-
-
-def civil_days(
-    year: np.ndarray, month: np.ndarray, day: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Days since 1970-01-01 of calendar dates, and a mask of the dates that exist."""
-    year, month, day = (np.asarray(a, dtype=np.int64) for a in (year, month, day))
-    month_start = ((year - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
-    first_day = month_start.astype("datetime64[D]")
-    days_in_month = ((month_start + 1).astype("datetime64[D]") - first_day).astype(np.int64)
-    ok = (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in_month)
-    return first_day.astype(np.int64) + day - 1, ok
 
 
 def check_not_empty(path: Path, what: str, expected: str, rows_in: int) -> None:

@@ -7,7 +7,9 @@ writes WORK/tracks/track_metadata.csv, one row per unique track, and the stage m
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 
 from utils.core.columns import (
     ARTIST_KEY,
@@ -169,29 +174,71 @@ def build_track_metadata(
     return summary
 
 
-def read_metadata_file(path: Path) -> pd.DataFrame:
-    """Read track_metadata.csv: keys as strings, duration in seconds (NaN when empty), genre."""
-    require_file(path, "track metadata file")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SessionlenError(f"{path}: unreadable CSV ({exc})") from exc
-    missing = [c for c in TRACK_METADATA_COLUMNS if c not in frame.columns]
-    if missing:
-        raise SessionlenError(f"{path}: missing column(s) {', '.join(missing)}")
-    text = frame[DURATION]
-    duration = pd.to_numeric(text.replace("", np.nan), errors="coerce").astype(np.float64)
-    bad = (text != "").to_numpy() & ~(np.isfinite(duration) & (duration >= 0)).to_numpy()
+def _pandas_durations(path: Path, text: pa.ChunkedArray) -> pa.Array:
+    """Durations parsed as pandas does; a one-line error naming the first bad line."""
+    numbers = pd.to_numeric(pd.Series(text.to_numpy(zero_copy_only=False)).replace("", np.nan),
+                            errors="coerce").to_numpy(np.float64)
+    bad = (pc.not_equal(text, "").to_numpy(zero_copy_only=False)
+           & ~(np.isfinite(numbers) & (numbers >= 0)))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise SessionlenError(
-            f"{path}: line {row + 2}: duration {text.iloc[row]!r} is not a "
-            f"non-negative number of seconds")
-    duplicated = frame.duplicated([ARTIST_KEY, TRACK_KEY])
+        raise SessionlenError(f"{path}: line {row + 2}: duration {text[row].as_py()!r} is not "
+                              f"a non-negative number of seconds")
+    return pa.array(numbers, from_pandas=True)
+
+
+def _durations(path: Path, text: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Durations in seconds (null when empty); a one-line error naming the first bad line.
+
+    Arrow's parser reads a valid column; anything it refuses, or any negative or infinite
+    value, goes to pandas' parser, which decides and names the line.
+    """
+    try:
+        seconds = pc.cast(pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text),
+                          pa.float64())
+    except pa.ArrowInvalid:
+        return _pandas_durations(path, text)
+    valid = pc.and_(pc.is_finite(seconds), pc.greater_equal(seconds, 0.0))
+    if pc.all(valid, skip_nulls=True).as_py() is False:
+        return _pandas_durations(path, text)
+    return seconds
+
+
+def read_metadata_table(path: Path, columns: Sequence[str] = TRACK_METADATA_COLUMNS) -> pa.Table:
+    """Read `columns` of track_metadata.csv as Arrow: text as it is (empty fields stay empty),
+    duration in seconds (null when empty); every line's duration and key pair checked."""
+    require_file(path, "track metadata file")
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    missing = [c for c in TRACK_METADATA_COLUMNS if c not in header]
+    if missing:
+        raise SessionlenError(f"{path}: missing column(s) {', '.join(missing)}")
+    wanted = list(dict.fromkeys([ARTIST_KEY, TRACK_KEY, DURATION, *columns]))
+    try:
+        table = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                              convert_options=pcsv.ConvertOptions(
+                                  column_types=dict.fromkeys(wanted, pa.large_string()),
+                                  include_columns=wanted, strings_can_be_null=False))
+    except pa.ArrowInvalid as exc:
+        raise SessionlenError(f"{path}: unreadable CSV ({str(exc).splitlines()[0]})") from exc
+    table = table.set_column(table.schema.get_field_index(DURATION), DURATION,
+                             _durations(path, table[DURATION]))
+    keys = [pc.dictionary_encode(table[k]).combine_chunks() for k in (ARTIST_KEY, TRACK_KEY)]
+    pairs = (keys[0].indices.to_numpy().astype(np.int64) * len(keys[1].dictionary)
+             + keys[1].indices.to_numpy())
+    duplicated = pd.Series(pairs).duplicated().to_numpy()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated)[0])
         raise SessionlenError(f"{path}: line {row + 2}: duplicate (artist_key, track_key)")
-    frame[DURATION] = duration
+    return table.select(list(columns))
+
+
+def read_metadata_file(path: Path) -> pd.DataFrame:
+    """Read track_metadata.csv: keys as strings, duration in seconds (NaN when empty), genre."""
+    require_file(path, "track metadata file")
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    frame = read_metadata_table(path, [c for c in header if c]).to_pandas()
     if ESTIMATED_DURATION in frame.columns:
         frame[ESTIMATED_DURATION] = pd.to_numeric(frame[ESTIMATED_DURATION].replace("", np.nan))
     return frame
