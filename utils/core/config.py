@@ -41,7 +41,7 @@ class Scale:
     `lgbm_learning_rate` None leave each notebook its own default. On the full scale's twenty
     times the sessions of demo, a network's epoch is five times the optimizer steps of a demo
     epoch even with four times the batch, and the validation loss settles within two to four
-    epochs: a patience of two epochs waits longer, in steps, than demo's six. LightGBM's larger
+    epochs: a patience of one epoch waits about as many steps as demo's six. LightGBM's larger
     steps need about a third of the rounds, the slow part of its fit, for a validation MAE
     within a few seconds of the smaller steps'. utils.runner is the one place these reach the
     notebooks.
@@ -68,7 +68,7 @@ class Scale:
 SCALES: dict[str, Scale] = {
     "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2),
     "demo": Scale("demo", users=200, plays_factor=0.25),
-    "full": Scale("full", users=992, plays_factor=1.0, batch_size=1024, patience=2,
+    "full": Scale("full", users=992, plays_factor=1.0, batch_size=1024, patience=1,
                   lgbm_learning_rate=0.1),
 }
 
