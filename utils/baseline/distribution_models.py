@@ -242,10 +242,10 @@ def fit_quantile_network(features: FeatureSet, params: ModelParams, dropout: flo
     train = make_dataset(features, features.rows["train"], params.batch_size, True, params.seed)
     validate = make_dataset(features, features.rows["validate"], PREDICT_BATCH, False,
                             params.seed)
-    history, seconds, _ = fit_compiled(model, train, validate, params,
-                                       f"{QUANTILE_NETWORK} (dropout {dropout:g})", log)
-    return QuantileNetwork(model, levels, dropout, history,
-                           int(np.argmin(history["val_loss"])) + 1, seconds)
+    history, seconds, _, best_epoch = fit_compiled(model, train, validate, params,
+                                                   f"{QUANTILE_NETWORK} (dropout {dropout:g})",
+                                                   log)
+    return QuantileNetwork(model, levels, dropout, history, best_epoch, seconds)
 
 
 def predict_quantile_network(trained: QuantileNetwork, features: FeatureSet, rows: np.ndarray

@@ -214,15 +214,17 @@ class _EpochTimer(keras.callbacks.Callback):
 
 def fit_compiled(model: keras.Model, train: tf.data.Dataset, validate: tf.data.Dataset,
                  params: ModelParams, label: str, log: Callable[[str], None] = print
-                 ) -> tuple[dict[str, list[float]], float, list[float]]:
+                 ) -> tuple[dict[str, list[float]], float, list[float], int]:
     """Train a compiled network the way every baseline-stage network is trained; return its
-    history, the training seconds and the seconds of each epoch."""
+    history, the training seconds, the seconds of each epoch and the epoch whose weights it
+    keeps (not always the lowest validation loss: a gain below MIN_IMPROVEMENT is none)."""
     timer = _EpochTimer()
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience,
+                                            min_delta=MIN_IMPROVEMENT, restore_best_weights=True)
     callbacks = [
         # Validation, early stopping and the restored best weights all use the averaged weights.
         keras.callbacks.SwapEMAWeights(swap_on_epoch=True),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=params.patience,
-                                      min_delta=MIN_IMPROVEMENT, restore_best_weights=True),
+        stopper,
         # Halving the step size as soon as validation stalls lets MAE settle on the median.
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                           patience=max(1, params.patience // 4),
@@ -234,7 +236,7 @@ def fit_compiled(model: keras.Model, train: tf.data.Dataset, validate: tf.data.D
     fitted = model.fit(train, validation_data=validate, epochs=params.epochs,
                        callbacks=callbacks, shuffle=False, verbose=0)
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
-    return history, time.perf_counter() - started, timer.seconds
+    return history, time.perf_counter() - started, timer.seconds, stopper.best_epoch + 1
 
 
 def fit_network(name: str, features: FeatureSet, params: ModelParams, dropout: float,
@@ -250,10 +252,9 @@ def fit_network(name: str, features: FeatureSet, params: ModelParams, dropout: f
                   loss=_loss(params.loss_func))
     train = make_dataset(features, features.rows["train"], params.batch_size, True, params.seed)
     validate = make_dataset(features, features.rows["validate"], PREDICT_BATCH, False, params.seed)
-    history, seconds, epoch_seconds = fit_compiled(
+    history, seconds, epoch_seconds, best_epoch = fit_compiled(
         model, train, validate, params, f"{name} (dropout {dropout:g})", log)
-    return TrainedNetwork(name, dropout, model, history,
-                          best_epoch=int(np.argmin(history["val_loss"])) + 1,
+    return TrainedNetwork(name, dropout, model, history, best_epoch=best_epoch,
                           train_seconds=seconds, epoch_seconds=epoch_seconds)
 
 
