@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
@@ -245,3 +246,25 @@ def test_no_cluster_big_enough_for_its_own_model_is_too_small_data() -> None:
                        r"clusters \(clusters=None\)"):
         cg.check_some_trainable([], ClusterParams())
     cg.check_some_trainable([1], ClusterParams())
+
+
+
+def test_lightgbm_predicts_test_rows_with_a_refit_on_train_and_validation_rows():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"x": rng.normal(size=600), "z": rng.normal(size=600)})
+    target = 2.0 * table["x"].to_numpy() + rng.normal(0.0, 0.3, 600)
+    rows = {"train": np.arange(300), "validate": np.arange(300, 450), "test": np.arange(450, 600)}
+    predicted = cm.fit_predict_lightgbm(table, target, rows, FAST_BOOSTING)
+    params = FAST_BOOSTING.lightgbm_params()
+    train = lgb.Dataset(table.iloc[:300], target[:300])
+    stopped = lgb.train(params, train, FAST_BOOSTING.max_rounds,
+                        valid_sets=[lgb.Dataset(table.iloc[300:450], target[300:450],
+                                                reference=train)],
+                        callbacks=[lgb.early_stopping(FAST_BOOSTING.early_stopping_rounds,
+                                                      verbose=False)])
+    refit = lgb.train(params, lgb.Dataset(table.iloc[:450], target[:450]), stopped.best_iteration)
+    np.testing.assert_allclose(predicted[:150], stopped.predict(table.iloc[300:450],
+                                                                num_iteration=stopped.best_iteration))
+    np.testing.assert_allclose(predicted[150:], refit.predict(table.iloc[450:]))
+    assert not np.allclose(predicted[150:], stopped.predict(table.iloc[450:],
+                                                            num_iteration=stopped.best_iteration))

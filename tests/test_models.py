@@ -16,6 +16,7 @@ from utils.baseline.boosting import (
     fit_lightgbm,
     fit_lightgbm_candidates,
     predict_lightgbm,
+    refit_on_validation_rows,
     train_l1_booster,
     validation_mae,
 )
@@ -221,7 +222,29 @@ def test_lightgbm_started_beside_the_networks_matches_a_fit_in_line(features, tm
         np.testing.assert_array_equal(first.predictions_s, second.predictions_s)
         np.testing.assert_array_equal(first.val_predictions_s, second.val_predictions_s)
     assert boosters[0].best_round == boosters[1].best_round
-    assert len(lines) == len(candidates) + 1 and "best round" in lines[0]
+    assert len(lines) == len(candidates) + 2 and "best round" in lines[0]
+    assert "refit on train and validation rows" in lines[-1]
+
+
+def test_the_test_rows_are_predicted_by_the_chosen_setting_refit_with_validation_rows(
+        features, tmp_path):
+    settings = BoostingSettings(max_rounds=200, early_stopping_rounds=20, seed=4)
+    run = Experiment(tmp_path, features, {})
+    trained = experiment.train_lightgbm(run, [settings], log=lambda _: None)
+    refit = refit_on_validation_rows(trained, features, settings)
+    validate, test = features.rows["validate"], features.rows["test"]
+    assert refit.booster.num_trees() == trained.best_round
+    result = run.results[-1]
+    assert result.params["test_refit_rows"] == "train+validate"
+    # Validation is scored by the fit that stopped on it, test by the refit: the two differ.
+    np.testing.assert_array_equal(result.val_predictions_s,
+                                  predict_lightgbm(trained, features, validate))
+    np.testing.assert_array_equal(result.predictions_s, predict_lightgbm(refit, features, test))
+    assert not np.array_equal(result.predictions_s, predict_lightgbm(trained, features, test))
+    # The refit learned from the validation targets: it fits them better than the train-only fit.
+    actual = features.lengths_s[validate]
+    assert (np.abs(predict_lightgbm(refit, features, validate) - actual).mean()
+            < np.abs(predict_lightgbm(trained, features, validate) - actual).mean())
 
 
 def test_lightgbm_keeps_the_candidate_with_the_lowest_validation_mae(features):

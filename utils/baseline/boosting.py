@@ -221,6 +221,28 @@ def fit_lightgbm_candidates(features: FeatureSet, candidates: list[BoostingSetti
     return fitted[best], chosen
 
 
+def refit_on_validation_rows(trained: TrainedBooster, features: FeatureSet,
+                             settings: BoostingSettings, threads: int = 1) -> TrainedBooster:
+    """The chosen setting fit again on the train and validation rows together, for the number
+    of rounds early stopping kept: the booster that predicts the test rows.
+
+    Once the setting and the round count are chosen, the validation targets have nothing left
+    to choose and become training data: a fifth more sessions, and the ones closest in time to
+    the test split, which matters when listeners drift. Judged without the test split, by
+    holding out the last fifth of each listener's train sessions to stop on and scoring on
+    validation, the refit captured more of the headroom in 7 of 10 comparisons (mean +0.03).
+    Its validation predictions are not honest scores, so only the test rows use it.
+    """
+    rows = np.r_[features.rows["train"], features.rows["validate"]]
+    started = time.perf_counter()
+    train_set = lgb.Dataset(tabular_features(features).iloc[rows], _log_target(features, rows),
+                            params=settings.lightgbm_params(threads))
+    booster = lgb.train(settings.lightgbm_params(threads), train_set,
+                        num_boost_round=trained.best_round)
+    return TrainedBooster(booster, trained.feature_names, trained.best_round,
+                          time.perf_counter() - started)
+
+
 def _progress(log: Callable[[str], None]) -> Callable[[Any], None]:
     """A LightGBM callback logging train and validation MAE every LOG_EVERY rounds."""
 

@@ -28,6 +28,7 @@ from utils.baseline.boosting import (
     TrainedBooster,
     fit_lightgbm_candidates,
     predict_lightgbm,
+    refit_on_validation_rows,
 )
 from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, build_feature_set
@@ -38,6 +39,7 @@ from utils.core import evaluation, plots
 from utils.core.columns import GROUND_TRUTH
 from utils.core.config import ModelParams, WorkLayout
 from utils.core.errors import DatasetTooSmallError, SessionlenError
+from utils.core.parallel import worker_count
 from utils.core.results import append_comparisons, append_experiments, utc_now
 from utils.core.stage_io import require_stage, write_manifest
 from utils.core.work_lock import stage_lock
@@ -161,15 +163,26 @@ def train_networks(experiment: Experiment, params: ModelParams,
 
 @dataclass
 class LightGBMJob:
-    """LightGBM candidates being fit on a thread of their own, and the lines they logged."""
+    """LightGBM candidates being fit on a thread of their own, then the chosen one refit for the
+    test rows, and the lines they logged."""
 
     future: Future[tuple[TrainedBooster, BoostingSettings]]
+    refit: Future[TrainedBooster]
     lines: list[str]
 
 
+def _refit_chosen(features: FeatureSet, trained: TrainedBooster, settings: BoostingSettings,
+                  log: Callable[[str], None], threads: int = 1) -> TrainedBooster:
+    """The chosen candidate refit on the train and validation rows (boosting), logged."""
+    refit = refit_on_validation_rows(trained, features, settings, threads)
+    log(f"lightgbm: refit on train and validation rows, {refit.best_round} rounds "
+        f"({refit.train_seconds:.1f} s), for the test rows")
+    return refit
+
+
 def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings]) -> LightGBMJob:
-    """Start fitting the LightGBM candidates, one at a time, on a thread of their own;
-    `train_lightgbm` collects them and prints what they logged.
+    """Start fitting the LightGBM candidates, one at a time, on a thread of their own, then the
+    refit of the chosen one; `train_lightgbm` collects them and prints what they logged.
 
     Started before the networks train, they use the core a network leaves idle: its small
     recurrent steps keep about one core busy. Each fit is deterministic whatever runs beside it.
@@ -181,30 +194,36 @@ def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings]) -
     # Lines are kept, not printed, so that they never cut into the networks' epoch lines.
     future = pool.submit(fit_lightgbm_candidates, experiment.features, candidates, lines.append,
                          1)
+    # One worker runs the tasks in order: the candidates are done when the refit starts.
+    refit = pool.submit(lambda: _refit_chosen(experiment.features, *future.result(), lines.append))
     pool.shutdown(wait=False)
-    return LightGBMJob(future, lines)
+    return LightGBMJob(future, refit, lines)
 
 
 def train_lightgbm(experiment: Experiment, candidates: list[BoostingSettings] | LightGBMJob,
                    log: Callable[[str], None] = print) -> TrainedBooster:
     """Fit LightGBM with each candidate setting on the same train rows and features (or wait for
-    the fits `start_lightgbm` started), keep the one with the lowest validation MAE, and score
-    it on the test rows."""
+    the fits `start_lightgbm` started) and keep the one with the lowest validation MAE; its
+    validation predictions are scored, and the test rows are predicted by the same setting
+    refit on train and validation rows for the rounds it kept (boosting). Returns the booster
+    chosen on validation."""
     features = experiment.features
     if isinstance(candidates, LightGBMJob):
         trained, chosen = candidates.future.result()
+        refit = candidates.refit.result()
         for line in candidates.lines:
             log(line)
     else:
         trained, chosen = fit_lightgbm_candidates(features, candidates, log)
+        refit = _refit_chosen(features, trained, chosen, log, threads=worker_count(cap=2))
     experiment.results.append(ModelResult(
         "lightgbm", "lightgbm",
         {**chosen.to_dict(), "best_round": trained.best_round,
-         "candidates": len(trained.candidates),
+         "candidates": len(trained.candidates), "test_refit_rows": "train+validate",
          **feature_params(features)},
         predict_lightgbm(trained, features, features.rows["validate"]),
-        predict_lightgbm(trained, features, features.rows["test"]),
-        float(trained.candidates["train_seconds"].sum()), trained.curves))
+        predict_lightgbm(refit, features, features.rows["test"]),
+        float(trained.candidates["train_seconds"].sum()) + refit.train_seconds, trained.curves))
     return trained
 
 

@@ -70,18 +70,23 @@ def check_model_options(params: ClusterParams, model: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def fit_predict_lightgbm(table: pd.DataFrame, target: np.ndarray, rows: dict[str, np.ndarray],
-                         predict_rows: np.ndarray, settings: BoostingSettings) -> np.ndarray:
-    """LightGBM on `rows` (early stopping on the validate rows): targets for `predict_rows`."""
+                         settings: BoostingSettings) -> np.ndarray:
+    """LightGBM on `rows` (early stopping on the validate rows): targets for the validate rows,
+    then for the test rows from the same setting refit on the train and validate rows for the
+    rounds it kept (as the baseline stage's LightGBM, boosting.refit_on_validation_rows)."""
     train = lgb.Dataset(table.iloc[rows["train"]], target[rows["train"]], free_raw_data=False)
     valid = lgb.Dataset(table.iloc[rows["validate"]], target[rows["validate"]], reference=train)
     # The clusters' models are fit one after another, so each takes the cores.
-    booster = lgb.train(settings.lightgbm_params(threads=worker_count()), train,
-                        num_boost_round=settings.max_rounds,
+    params = settings.lightgbm_params(threads=worker_count())
+    booster = lgb.train(params, train, num_boost_round=settings.max_rounds,
                         valid_sets=[valid], valid_names=["validate"],
                         callbacks=[lgb.early_stopping(settings.early_stopping_rounds,
                                                       verbose=False)])
-    return np.asarray(booster.predict(table.iloc[predict_rows],
-                                      num_iteration=booster.best_iteration), dtype=np.float64)
+    seen = np.r_[rows["train"], rows["validate"]]
+    refit = lgb.train(params, lgb.Dataset(table.iloc[seen], target[seen]),
+                      num_boost_round=booster.best_iteration)
+    validate = booster.predict(table.iloc[rows["validate"]], num_iteration=booster.best_iteration)
+    return np.r_[validate, refit.predict(table.iloc[rows["test"]])].astype(np.float64)
 
 
 def fit_predict_network(name: str, features: FeatureSet, target: np.ndarray,
@@ -169,8 +174,8 @@ def _fit_group(run: ClusterExperiment, target: np.ndarray, rows: dict[str, np.nd
                log: Callable[[str], None]) -> np.ndarray:
     """One model of the chosen type on `rows`: standardized predictions for `predict_rows`."""
     if run.model == "lightgbm":
-        return fit_predict_lightgbm(run.tabular, target, rows, predict_rows,
-                                    settings)
+        # The validate rows then the test rows, as `predict_rows` lists them.
+        return fit_predict_lightgbm(run.tabular, target, rows, settings)
     return fit_predict_network(run.model, run.features, target, rows, predict_rows, net, log)
 
 
@@ -179,7 +184,7 @@ def _model_params(run: ClusterExperiment, settings: BoostingSettings, net: Model
     """The trained model's own hyperparameters, for its results row."""
     chosen = experiment.feature_params(run.features)
     if run.model == "lightgbm":
-        return {**settings.to_dict(), **chosen}
+        return {**settings.to_dict(), "test_refit_rows": "train+validate", **chosen}
     return {**experiment.network_params(net, net.dropout[0]), **chosen}
 
 
