@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from utils.baseline.models import (
     make_dataset,
     networks_to_train,
     predict_seconds,
+    refit_network,
 )
 from utils.baseline.session_table import SOURCE_ID
 from utils.baseline.summary_dir import COUNTRY_VOCAB_FILE, SUMMARY_OUTPUTS, USER_IDS_FILE
@@ -229,22 +231,45 @@ def test_lightgbm_started_beside_the_networks_matches_a_fit_in_line(features, tm
 def test_the_test_rows_are_predicted_by_the_chosen_setting_refit_with_validation_rows(
         features, tmp_path):
     settings = BoostingSettings(max_rounds=200, early_stopping_rounds=20, seed=4)
-    run = Experiment(tmp_path, features, {})
-    trained = experiment.train_lightgbm(run, [settings], log=lambda _: None)
+    runs = [Experiment(tmp_path, features, {}) for _ in range(2)]
+    trained = experiment.train_lightgbm(runs[0], [settings], log=lambda _: None)
+    experiment.train_lightgbm(runs[1], [settings], log=lambda _: None, refit=False)
     refit = refit_on_validation_rows(trained, features, settings)
     validate, test = features.rows["validate"], features.rows["test"]
     assert refit.booster.num_trees() == trained.best_round
-    result = run.results[-1]
-    assert result.params["test_refit_rows"] == "train+validate"
+    result, unrefit = runs[0].results[-1], runs[1].results[-1]
+    assert result.params["refit_on_validation"] and not unrefit.params["refit_on_validation"]
     # Validation is scored by the fit that stopped on it, test by the refit: the two differ.
+    np.testing.assert_array_equal(result.val_predictions_s, unrefit.val_predictions_s)
     np.testing.assert_array_equal(result.val_predictions_s,
                                   predict_lightgbm(trained, features, validate))
     np.testing.assert_array_equal(result.predictions_s, predict_lightgbm(refit, features, test))
-    assert not np.array_equal(result.predictions_s, predict_lightgbm(trained, features, test))
+    np.testing.assert_array_equal(unrefit.predictions_s,
+                                  predict_lightgbm(trained, features, test))
+    assert not np.array_equal(result.predictions_s, unrefit.predictions_s)
     # The refit learned from the validation targets: it fits them better than the train-only fit.
     actual = features.lengths_s[validate]
     assert (np.abs(predict_lightgbm(refit, features, validate) - actual).mean()
             < np.abs(predict_lightgbm(trained, features, validate) - actual).mean())
+
+
+def test_a_network_refit_replays_its_kept_epochs_on_train_and_validation_rows(features):
+    params = ModelParams(epochs=4, patience=4, batch_size=128, hidden_dim=8, seed=3)
+    trained = fit_network("gru", features, params, 0.0, log=lambda _: None)
+    lines: list[str] = []
+    refits = [refit_network(trained, features, params, log=lines.append) for _ in range(2)]
+    assert len(lines) == 2 * trained.best_epoch and "refit epoch 1/" in lines[0]
+    assert "val_loss" not in lines[0]
+    validate, test = features.rows["validate"], features.rows["test"]
+    first, second = (predict_seconds(model, features, test) for model, _ in refits)
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, predict_seconds(trained.model, features, test))
+    actual = features.lengths_s[validate]
+    assert (np.abs(predict_seconds(refits[0][0], features, validate) - actual).mean()
+            < np.abs(predict_seconds(trained.model, features, validate) - actual).mean())
+    assert mae_on_test(features, first) < user_median_mae(features)
+    with pytest.raises(SessionlenError, match="no learning rate recorded"):
+        refit_network(dataclasses.replace(trained, history={"loss": [1.0]}), features, params)
 
 
 def test_lightgbm_keeps_the_candidate_with_the_lowest_validation_mae(features):
@@ -349,6 +374,7 @@ def test_experiment_scores_every_model_on_the_same_rows_and_records_them(tmp_pat
     params = ModelParams(epochs=1, batch_size=128, hidden_dim=8, dropout=[0.0, 0.3], seed=5)
     trained = experiment.train_networks(run, params, log=lambda _: None)
     assert len(trained) == 6 and (trained["epochs_run"] == 1).all()
+    assert (trained["refit_seconds"] > 0).all()
     booster = experiment.train_lightgbm(
         run, candidate_settings(BoostingSettings(max_rounds=50, min_child_samples=20), [2, 4],
                                 [1.0]), log=lambda _: None)

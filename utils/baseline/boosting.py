@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,7 +24,6 @@ from utils.baseline.features import FeatureSet, tabular_features
 from utils.core import evaluation
 from utils.core.config import DEFAULT_SEED, ClusterModelParams
 from utils.core.errors import SessionlenError
-from utils.core.parallel import worker_count
 from utils.core.strict_params import StrictParams
 
 LOG_EVERY = 100
@@ -84,6 +82,13 @@ class TrainedBooster:
     train_seconds: float
     curves: dict[str, list[float]] = field(default_factory=dict)
     candidates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    importance: pd.Series = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Read where the booster was fit, so that reading it later needs no LightGBM call
+        # from a thread where another fit may be running.
+        gain = self.booster.feature_importance(importance_type="gain")
+        self.importance = pd.Series(gain, index=self.feature_names).sort_values(ascending=False)
 
 
 def candidate_settings(base: BoostingSettings, num_leaves: list[int],
@@ -157,16 +162,17 @@ def train_l1_booster(settings: BoostingSettings,
 
 def fit_lightgbm(features: FeatureSet, settings: BoostingSettings,
                  log: Callable[[str], None] = print, progress: bool = True,
-                 sets: LogLengthSets | None = None) -> TrainedBooster:
-    """Fit on the train rows (binned already in `sets`, if given), stopping early on the
-    validation rows' MAE of log-lengths.
+                 sets: LogLengthSets | None = None, threads: int = 1) -> TrainedBooster:
+    """Fit on the train rows (binned already in `sets`, if given) with `threads` threads,
+    stopping early on the validation rows' MAE of log-lengths.
 
     Logs the scores every LOG_EVERY rounds if `progress`, and the best round at the end.
     """
     table = tabular_features(features)
     sets = sets or log_length_sets(features, settings)
     booster, curves, seconds = train_l1_booster(
-        settings, sets.train, sets.validate, *([_progress(log)] if progress else []))
+        settings, sets.train, sets.validate, *([_progress(log)] if progress else []),
+        threads=threads)
     log(f"lightgbm num_leaves {settings.num_leaves} feature_fraction "
         f"{settings.feature_fraction:g}: best round {booster.best_iteration} of "
         f"{booster.current_iteration()} ({seconds:.1f} s)")
@@ -180,32 +186,27 @@ def validation_mae(trained: TrainedBooster, features: FeatureSet) -> float:
 
 
 def fit_lightgbm_candidates(features: FeatureSet, candidates: list[BoostingSettings],
-                            log: Callable[[str], None] = print, workers: int | None = None
+                            log: Callable[[str], None] = print, threads: int = 1
                             ) -> tuple[TrainedBooster, BoostingSettings]:
-    """Fit every candidate (`workers` at a time, by default two: each fit is single-threaded)
-    and keep the one with the lowest validation MAE, with the table of every candidate's score
-    as its `candidates`.
+    """Fit every candidate, one after another with `threads` threads each, and keep the one
+    with the lowest validation MAE, with the table of every candidate's score as its
+    `candidates`.
 
-    Each fit logs one line when it ends; per-round progress of fits side by side would
-    interleave.
+    One fit at a time: LightGBM's native code is not safe to run from two threads of a process
+    at once. Candidates with the same `min_child_samples` share the binned rows. Each fit logs
+    one line when it ends.
     """
     if not candidates:
         raise SessionlenError("no LightGBM settings to fit")
     for settings in candidates:
         settings.lightgbm_params()
-    workers = workers or worker_count(cap=2)
     binned: dict[int, LogLengthSets] = {}
-
-    def fit(settings: BoostingSettings) -> TrainedBooster:
-        if workers > 1:
-            return fit_lightgbm(features, settings, log, progress=False)
+    fitted = []
+    for settings in candidates:
         if settings.min_child_samples not in binned:
             binned[settings.min_child_samples] = log_length_sets(features, settings)
-        return fit_lightgbm(features, settings, log, progress=False,
-                            sets=binned[settings.min_child_samples])
-
-    with ThreadPoolExecutor(workers) as pool:
-        fitted = list(pool.map(fit, candidates))
+        fitted.append(fit_lightgbm(features, settings, log, progress=False,
+                                   sets=binned[settings.min_child_samples], threads=threads))
     scores = [validation_mae(trained, features) for trained in fitted]
     best = min(range(len(candidates)), key=lambda i: (scores[i], i))
     table = pd.DataFrame([{
@@ -243,6 +244,40 @@ def refit_on_validation_rows(trained: TrainedBooster, features: FeatureSet,
                           time.perf_counter() - started)
 
 
+@dataclass
+class ChosenLightGBM:
+    """The LightGBM kept on validation, its settings, and its predictions in seconds: the
+    validation rows' from the fit chosen there, the test rows' from `test_booster`."""
+
+    trained: TrainedBooster
+    settings: BoostingSettings
+    test_booster: TrainedBooster
+    val_predictions_s: np.ndarray
+    predictions_s: np.ndarray
+
+    @property
+    def refit(self) -> bool:
+        """Whether the test rows are predicted by a refit on train and validation rows."""
+        return self.test_booster is not self.trained
+
+
+def fit_chosen_lightgbm(features: FeatureSet, candidates: list[BoostingSettings],
+                        log: Callable[[str], None] = print, threads: int = 1,
+                        refit: bool = True) -> ChosenLightGBM:
+    """Every candidate fit, the one with the lowest validation MAE kept, refit on train and
+    validation rows if `refit` (refit_on_validation_rows), and every prediction made: all of a
+    stage's LightGBM work in one call, so it can run on one thread of its own."""
+    trained, settings = fit_lightgbm_candidates(features, candidates, log, threads)
+    test_booster = trained
+    if refit:
+        test_booster = refit_on_validation_rows(trained, features, settings, threads)
+        log(f"lightgbm: refit on train and validation rows, {test_booster.best_round} rounds "
+            f"({test_booster.train_seconds:.1f} s), for the test rows")
+    return ChosenLightGBM(trained, settings, test_booster,
+                          predict_lightgbm(trained, features, features.rows["validate"]),
+                          predict_lightgbm(test_booster, features, features.rows["test"]))
+
+
 def _progress(log: Callable[[str], None]) -> Callable[[Any], None]:
     """A LightGBM callback logging train and validation MAE every LOG_EVERY rounds."""
 
@@ -263,6 +298,5 @@ def predict_lightgbm(trained: TrainedBooster, features: FeatureSet, rows: np.nda
 
 
 def feature_importance(trained: TrainedBooster) -> pd.Series:
-    """Total gain per feature, largest first."""
-    gain = trained.booster.feature_importance(importance_type="gain")
-    return pd.Series(gain, index=trained.feature_names).sort_values(ascending=False)
+    """Total gain per feature, largest first, as read when the booster was fit."""
+    return trained.importance

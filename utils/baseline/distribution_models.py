@@ -60,9 +60,10 @@ class QuantileBooster:
     train_seconds: float
 
 
-def _fit_level(sets: LogLengthSets, settings: BoostingSettings, level: float) -> lgb.Booster:
+def _fit_level(sets: LogLengthSets, settings: BoostingSettings, level: float, threads: int
+               ) -> lgb.Booster:
     """One quantile booster on log1p(length), stopping early on the validation pinball loss."""
-    params: dict[str, Any] = {**settings.lightgbm_params(), "objective": "quantile",
+    params: dict[str, Any] = {**settings.lightgbm_params(threads), "objective": "quantile",
                               "alpha": level, "metric": "quantile"}
     return lgb.train(params, sets.train, num_boost_round=settings.max_rounds,
                      valid_sets=[sets.validate],
@@ -72,18 +73,15 @@ def _fit_level(sets: LogLengthSets, settings: BoostingSettings, level: float) ->
 
 def fit_quantile_lightgbm(features: FeatureSet, settings: BoostingSettings,
                           levels: Sequence[float] = DEFAULT_LEVELS,
-                          log: Callable[[str], None] = print, workers: int | None = None
+                          log: Callable[[str], None] = print, threads: int | None = None
                           ) -> QuantileBooster:
-    """Fit a quantile booster per level (`workers` at a time, by default two: each fit is
-    single-threaded); one after another, the levels share the binned rows."""
+    """Fit a quantile booster per level, one after another on the same binned rows, with
+    `threads` threads (by default up to two) each."""
     levels = check_levels(levels)
-    workers = workers or worker_count(cap=2)
+    threads = threads or worker_count(cap=2)
     started = time.perf_counter()
-    shared = log_length_sets(features, settings) if workers == 1 else None
-    with ThreadPoolExecutor(workers) as pool:
-        boosters = list(pool.map(
-            lambda level: _fit_level(shared or log_length_sets(features, settings), settings,
-                                     level), levels))
+    shared = log_length_sets(features, settings)
+    boosters = [_fit_level(shared, settings, level, threads) for level in levels]
     seconds = time.perf_counter() - started
     rounds = [b.best_iteration for b in boosters]
     log(f"{QUANTILE_LIGHTGBM}: levels {list(levels)}, best rounds {rounds} ({seconds:.1f} s)")
@@ -128,7 +126,8 @@ def start_quantile_lightgbm(experiment: Experiment, point: LightGBMJob,
     lines: list[str] = []
 
     def fit() -> QuantileBooster:
-        _, settings = point.future.result()
+        # After all the point model's LightGBM work: no two LightGBM fits at once.
+        settings = point.future.result().settings
         return fit_quantile_lightgbm(experiment.features, settings, levels, lines.append, 1)
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="lightgbm-quantile")

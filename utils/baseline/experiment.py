@@ -25,10 +25,9 @@ from utils.baseline.baselines import BASELINES, KEY_COLUMNS, ORACLE, baseline_pr
 from utils.baseline.blend import BLEND_STEPS, fit_blend
 from utils.baseline.boosting import (
     BoostingSettings,
+    ChosenLightGBM,
     TrainedBooster,
-    fit_lightgbm_candidates,
-    predict_lightgbm,
-    refit_on_validation_rows,
+    fit_chosen_lightgbm,
 )
 from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, build_feature_set
@@ -126,7 +125,7 @@ def add_baselines(experiment: Experiment, raw_dir: str | Path | None) -> pd.Data
 def network_params(params: ModelParams, dropout: float) -> dict[str, Any]:
     """The hyperparameters that define one trained network, for its results row."""
     keep = ("no_layers", "loss_func", "optimizer", "hidden_dim", "batch_size", "epochs",
-            "sequence_length", "patience", "learning_rate", "seed")
+            "sequence_length", "patience", "learning_rate", "refit_networks", "seed")
     return {**{k: v for k, v in params.to_dict().items() if k in keep}, "dropout": dropout}
 
 
@@ -138,8 +137,15 @@ def feature_params(features: FeatureSet) -> dict[str, Any]:
 def train_networks(experiment: Experiment, params: ModelParams,
                    compare_networks: bool = ModelParams.compare_networks,
                    log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Train each network once per dropout value; return one summary line per network."""
-    from utils.baseline.models import fit_network, networks_to_train, predict_seconds
+    """Train each network once per dropout value, and refit it on train and validation rows
+    for the test rows if `params.refit_networks` (models.refit_network); one summary line per
+    network."""
+    from utils.baseline.models import (
+        fit_network,
+        networks_to_train,
+        predict_seconds,
+        refit_network,
+    )
 
     if not params.dropout:
         raise SessionlenError("dropout must list at least one value (one network per value)")
@@ -147,42 +153,37 @@ def train_networks(experiment: Experiment, params: ModelParams,
     for name in networks_to_train(params, compare_networks):
         for dropout in params.dropout:
             trained = fit_network(name, features, params, dropout, log)
+            test_model, refit_seconds = (refit_network(trained, features, params, log)
+                                         if params.refit_networks else (trained.model, 0.0))
             label = f"{name} (dropout {dropout:g})"
             experiment.results.append(ModelResult(
                 name, "network", {**network_params(params, dropout), **feature_params(features)},
                 predict_seconds(trained.model, features, features.rows["validate"]),
-                predict_seconds(trained.model, features, features.rows["test"]),
-                trained.train_seconds, trained.history, label))
+                predict_seconds(test_model, features, features.rows["test"]),
+                trained.train_seconds + refit_seconds, trained.history, label))
             lines.append({"model": label, "epochs_run": len(trained.history["loss"]),
                           "best_epoch": trained.best_epoch,
                           "best_val_loss": min(trained.history["val_loss"]),
                           "seconds_per_epoch": float(np.mean(trained.epoch_seconds)),
-                          "train_seconds": trained.train_seconds})
+                          "train_seconds": trained.train_seconds,
+                          "refit_seconds": refit_seconds})
     return pd.DataFrame(lines).set_index("model")
 
 
 @dataclass
 class LightGBMJob:
-    """LightGBM candidates being fit on a thread of their own, then the chosen one refit for the
-    test rows, and the lines they logged."""
+    """The LightGBM work of the stage being done on a thread of its own, and the lines it
+    logged."""
 
-    future: Future[tuple[TrainedBooster, BoostingSettings]]
-    refit: Future[TrainedBooster]
+    future: Future[ChosenLightGBM]
     lines: list[str]
 
 
-def _refit_chosen(features: FeatureSet, trained: TrainedBooster, settings: BoostingSettings,
-                  log: Callable[[str], None], threads: int = 1) -> TrainedBooster:
-    """The chosen candidate refit on the train and validation rows (boosting), logged."""
-    refit = refit_on_validation_rows(trained, features, settings, threads)
-    log(f"lightgbm: refit on train and validation rows, {refit.best_round} rounds "
-        f"({refit.train_seconds:.1f} s), for the test rows")
-    return refit
-
-
-def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings]) -> LightGBMJob:
-    """Start fitting the LightGBM candidates, one at a time, on a thread of their own, then the
-    refit of the chosen one; `train_lightgbm` collects them and prints what they logged.
+def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings],
+                   refit: bool = True) -> LightGBMJob:
+    """Start fitting the LightGBM candidates, the refit of the chosen one and their predictions
+    (boosting.fit_chosen_lightgbm) on a thread of their own; `train_lightgbm` collects them and
+    prints what they logged.
 
     Started before the networks train, they use the core a network leaves idle: its small
     recurrent steps keep about one core busy. Each fit is deterministic whatever runs beside it.
@@ -192,38 +193,35 @@ def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings]) -
     lines: list[str] = []
     pool = ThreadPoolExecutor(1, thread_name_prefix="lightgbm")
     # Lines are kept, not printed, so that they never cut into the networks' epoch lines.
-    future = pool.submit(fit_lightgbm_candidates, experiment.features, candidates, lines.append,
-                         1)
-    # One worker runs the tasks in order: the candidates are done when the refit starts.
-    refit = pool.submit(lambda: _refit_chosen(experiment.features, *future.result(), lines.append))
+    future = pool.submit(fit_chosen_lightgbm, experiment.features, candidates, lines.append,
+                         1, refit)
     pool.shutdown(wait=False)
-    return LightGBMJob(future, refit, lines)
+    return LightGBMJob(future, lines)
 
 
 def train_lightgbm(experiment: Experiment, candidates: list[BoostingSettings] | LightGBMJob,
-                   log: Callable[[str], None] = print) -> TrainedBooster:
+                   log: Callable[[str], None] = print, refit: bool = True) -> TrainedBooster:
     """Fit LightGBM with each candidate setting on the same train rows and features (or wait for
     the fits `start_lightgbm` started) and keep the one with the lowest validation MAE; its
     validation predictions are scored, and the test rows are predicted by the same setting
-    refit on train and validation rows for the rounds it kept (boosting). Returns the booster
-    chosen on validation."""
+    refit on train and validation rows for the rounds it kept if `refit`
+    (boosting.refit_on_validation_rows). Returns the booster chosen on validation."""
     features = experiment.features
     if isinstance(candidates, LightGBMJob):
-        trained, chosen = candidates.future.result()
-        refit = candidates.refit.result()
+        chosen = candidates.future.result()
         for line in candidates.lines:
             log(line)
     else:
-        trained, chosen = fit_lightgbm_candidates(features, candidates, log)
-        refit = _refit_chosen(features, trained, chosen, log, threads=worker_count(cap=2))
+        chosen = fit_chosen_lightgbm(features, candidates, log, worker_count(cap=2), refit)
+    trained = chosen.trained
     experiment.results.append(ModelResult(
         "lightgbm", "lightgbm",
-        {**chosen.to_dict(), "best_round": trained.best_round,
-         "candidates": len(trained.candidates), "test_refit_rows": "train+validate",
+        {**chosen.settings.to_dict(), "best_round": trained.best_round,
+         "candidates": len(trained.candidates), "refit_on_validation": chosen.refit,
          **feature_params(features)},
-        predict_lightgbm(trained, features, features.rows["validate"]),
-        predict_lightgbm(refit, features, features.rows["test"]),
-        float(trained.candidates["train_seconds"].sum()) + refit.train_seconds, trained.curves))
+        chosen.val_predictions_s, chosen.predictions_s,
+        float(trained.candidates["train_seconds"].sum())
+        + (chosen.test_booster.train_seconds if chosen.refit else 0.0), trained.curves))
     return trained
 
 

@@ -182,9 +182,9 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}
         rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        validation = f"val_loss {logs['val_loss']:.4f} " if "val_loss" in logs else ""
         self.log(f"{self.label} epoch {epoch + 1}/{self.epochs}: "
-                 f"loss {logs.get('loss', np.nan):.4f} "
-                 f"val_loss {logs.get('val_loss', np.nan):.4f} lr {rate:.2g} "
+                 f"loss {logs.get('loss', np.nan):.4f} {validation}lr {rate:.2g} "
                  f"({time.perf_counter() - self.started:.1f} s)")
 
 
@@ -256,6 +256,39 @@ def fit_network(name: str, features: FeatureSet, params: ModelParams, dropout: f
         model, train, validate, params, f"{name} (dropout {dropout:g})", log)
     return TrainedNetwork(name, dropout, model, history, best_epoch=best_epoch,
                           train_seconds=seconds, epoch_seconds=epoch_seconds)
+
+
+def refit_network(trained: TrainedNetwork, features: FeatureSet, params: ModelParams,
+                  log: Callable[[str], None] = print) -> tuple[keras.Model, float]:
+    """The same network trained again from its seed on the train and validation rows, for the
+    epochs whose weights it kept, each at the learning rate it had then: the network that
+    predicts the test rows, and its training seconds.
+
+    Once the stopping epoch and the schedule are chosen on validation, the validation targets
+    have nothing left to choose and become training data: a fifth more sessions, and the ones
+    closest in time to the test split, which matters when listeners drift. With nothing held
+    out, nothing is monitored: the run replays the chosen epochs and keeps the averaged
+    weights at their end.
+    """
+    rates = trained.history.get("learning_rate")
+    if not rates or len(rates) < trained.best_epoch:
+        raise SessionlenError(f"{trained.name}: no learning rate recorded for the "
+                              f"{trained.best_epoch} epochs to replay")
+    rows = np.r_[features.rows["train"], features.rows["validate"]]
+    seed_everything(params.seed)
+    model = build_network(trained.name, features, params.hidden_dim, trained.dropout,
+                          params.no_layers)
+    steps = -(-len(rows) // params.batch_size)
+    model.compile(optimizer=averaging_optimizer(params.optimizer, params.learning_rate, steps),
+                  loss=_loss(params.loss_func))
+    label = f"{trained.name} (dropout {trained.dropout:g}) refit"
+    started = time.perf_counter()
+    model.fit(make_dataset(features, rows, params.batch_size, True, params.seed),
+              epochs=trained.best_epoch, shuffle=False, verbose=0,
+              callbacks=[keras.callbacks.LearningRateScheduler(lambda epoch, _: rates[epoch]),
+                         EpochLogger(label, trained.best_epoch, log)])
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    return model, time.perf_counter() - started
 
 
 def predict_seconds(model: keras.Model, features: FeatureSet, rows: np.ndarray) -> np.ndarray:

@@ -43,8 +43,11 @@ class Scale:
     epoch even with four times the batch, and the validation loss settles within two to four
     epochs: a patience of one epoch waits about as many steps as demo's six. LightGBM's larger
     steps need about a third of the rounds, the slow part of its fit, for a validation MAE
-    within a few seconds of the smaller steps'. utils.runner is the one place these reach the
-    notebooks.
+    within a few seconds of the smaller steps'. `refit_networks` False skips the networks'
+    refit on train and validation rows (ModelParams): it would add about a third to the
+    baseline stage's time at full scale, where the train split's 370K sessions leave the least
+    fitting noise for a fifth more rows to remove; LightGBM's refit runs beside the networks
+    and stays. utils.runner is the one place these reach the notebooks.
     """
 
     name: str
@@ -54,6 +57,7 @@ class Scale:
     batch_size: int | None = None
     patience: int | None = None
     lgbm_learning_rate: float | None = None
+    refit_networks: bool | None = None
 
     @property
     def min_rows(self) -> int:
@@ -69,7 +73,7 @@ SCALES: dict[str, Scale] = {
     "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2),
     "demo": Scale("demo", users=200, plays_factor=0.25),
     "full": Scale("full", users=992, plays_factor=1.0, batch_size=1024, patience=1,
-                  lgbm_learning_rate=0.1),
+                  lgbm_learning_rate=0.1, refit_networks=False),
 }
 
 
@@ -253,6 +257,9 @@ class ModelParams(StrictParams):
     BIC on train users). LightGBM fits every combination of `lgbm_num_leaves` and
     `lgbm_feature_fraction` and keeps the one with the lowest validation MAE; the quantile
     LightGBM reuses that choice, the quantile network trains for at most `quantile_epochs`.
+    Validation scores every model as it was chosen; the test rows are predicted by the chosen
+    LightGBM refit on train and validation rows, and by each network refit the same way if
+    `refit_networks` (the full scale turns it off: see Scale).
     """
 
     model_lstm: bool = False
@@ -267,6 +274,7 @@ class ModelParams(StrictParams):
     sequence_length: int = 10
     patience: int = 6
     learning_rate: float = 0.005
+    refit_networks: bool = True
     compare_networks: bool = True
     peer_groups: int | None = None
     train_file: str = "train"
