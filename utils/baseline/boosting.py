@@ -1,11 +1,11 @@
 """LightGBM on the same start-time features the networks see, as one tabular row per session.
 
 Trained with the L1 objective on log1p(length): the prediction is the conditional median, which
-minimizes MAE in seconds after the transform back. Seeded, deterministic and single-threaded, so a
-rerun reproduces the same trees. A few candidate settings are fit side by side and the one with
-the lowest validation MAE in seconds is kept: how large the trees may be and how many features
-each sees depends on the data (how strong and how nonlinear its signal is), which no fixed
-choice knows in advance.
+minimizes MAE in seconds after the transform back. Seeded and deterministic on any thread count,
+so a rerun reproduces the same trees. A few candidate settings are fit one after another and the
+one with the lowest validation MAE in seconds is kept: how large the trees may be and how many
+features each sees depends on the data (how strong and how nonlinear its signal is), which no
+fixed choice knows in advance.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ class QuantileLightGBMJob:
 def start_quantile_lightgbm(experiment: Experiment, point: LightGBMJob,
                             levels: Sequence[float] = DEFAULT_LEVELS) -> QuantileLightGBMJob:
     """Fit the quantile boosters, one level at a time on a thread of their own, as soon as the
-    point LightGBM started by `experiment.start_lightgbm` has chosen its settings;
+    point LightGBM started by `experiment.start_lightgbm` has done all its work (candidates,
+    refit, predictions: LightGBM's native code is not safe to run from two threads at once);
     `train_quantile_lightgbm` collects them. Like the point candidates, they use the core the
     networks leave idle."""
     levels = check_levels(levels)

@@ -184,7 +184,7 @@ def _model_params(run: ClusterExperiment, settings: BoostingSettings, net: Model
     """The trained model's own hyperparameters, for its results row."""
     chosen = experiment.feature_params(run.features)
     if run.model == "lightgbm":
-        return {**settings.to_dict(), "test_refit_rows": "train+validate", **chosen}
+        return {**settings.to_dict(), "refit_on_validation": True, **chosen}
     return {**experiment.network_params(net, net.dropout[0]), **chosen}
 
 
