@@ -179,8 +179,7 @@ class LightGBMJob:
     lines: list[str]
 
 
-def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings],
-                   refit: bool = True) -> LightGBMJob:
+def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings]) -> LightGBMJob:
     """Start fitting the LightGBM candidates, the refit of the chosen one and their predictions
     (boosting.fit_chosen_lightgbm) on a thread of their own; `train_lightgbm` collects them and
     prints what they logged.
@@ -193,8 +192,7 @@ def start_lightgbm(experiment: Experiment, candidates: list[BoostingSettings],
     lines: list[str] = []
     pool = ThreadPoolExecutor(1, thread_name_prefix="lightgbm")
     # Lines are kept, not printed, so that they never cut into the networks' epoch lines.
-    future = pool.submit(fit_chosen_lightgbm, experiment.features, candidates, lines.append,
-                         1, refit)
+    future = pool.submit(fit_chosen_lightgbm, experiment.features, candidates, lines.append)
     pool.shutdown(wait=False)
     return LightGBMJob(future, lines)
 

@@ -44,10 +44,11 @@ class Scale:
     epochs: a patience of one epoch waits about as many steps as demo's six. LightGBM's larger
     steps need about a third of the rounds, the slow part of its fit, for a validation MAE
     within a few seconds of the smaller steps'. `refit_networks` False skips the networks'
-    refit on train and validation rows (ModelParams): it would add about a third to the
-    baseline stage's time at full scale, where the train split's 370K sessions leave the least
-    fitting noise for a fifth more rows to remove; LightGBM's refit runs beside the networks
-    and stays. utils.runner is the one place these reach the notebooks.
+    refit on train and validation rows (ModelParams): it would train every network a second
+    time for its kept epochs on a fifth more rows (the networks' training is about two thirds
+    of the baseline stage at full scale), where the train split's 370K sessions leave the least
+    fitting noise for more rows to remove; LightGBM's refit runs beside the networks and stays.
+    utils.runner is the one place these reach the notebooks.
     """
 
     name: str
