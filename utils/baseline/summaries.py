@@ -30,7 +30,7 @@ def engine_sessions(users: dict[str, list[Path]], gap_minutes: float, engine: st
     """(sessions table, plays read) from the chosen engine."""
     check_engine(engine)
     if engine == "spark":
-        from utils.baseline.summaries_spark import spark_sessions
+        from utils.baseline.session_table_spark import spark_sessions
 
         return spark_sessions(users, gap_minutes, spark_master)
     return local_sessions(users, gap_minutes)

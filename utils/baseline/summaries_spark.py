@@ -1,38 +1,33 @@
-"""The summarize stage's Spark engine: the same sessions table as the local engine, via windows.
+"""The session rule on Spark DataFrames, for the final_dir stages' Spark engines.
 
-Spark reads every user_dir file, applies the session rule with `lag` over each user's plays
-(ordered by time, then file and position in the file, i.e. the local engine's stable order;
-files are known by their rank in path order, from a small broadcast table),
-aggregates sessions and their running history, and returns the small sessions table to the
-driver, where `summary_writer.write_summaries` splits and writes it exactly as for the local
-engine. Every floating-point step mirrors the local arithmetic operation by operation, so the
-two engines agree to the bit.
+Spark reads every user_dir file and applies the session rule with `lag` over each user's
+plays (ordered by time, then file and position in the file, i.e. the local engine's stable
+order; files are known by their rank in path order, from a small broadcast table), keeping
+every play with its session, so that the final_dir stages can join the plays' names to their
+sessions; `session_rows` aggregates the sessions, which those stages check against the
+summaries. Every floating-point step mirrors the local arithmetic (session_table) operation by
+operation, so the two engines agree to the bit. The summarize stage itself runs the local
+code in Spark tasks (session_table_spark).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
 from utils.baseline.session_table import (
-    AVERAGE_MS,
     LENGTH_MS,
     MS_PER_DAY,
     PLAYS,
-    PREVIOUS_MS,
-    SESSION_TABLE_COLUMNS,
     SOURCE_ID,
     UNKNOWN,
 )
-from utils.baseline.user_plays import check_header
 from utils.core.columns import (
     AGE,
     COUNTRY,
@@ -45,7 +40,6 @@ from utils.core.columns import (
     USER_ID,
 )
 from utils.core.errors import SessionlenError
-from utils.core.spark import get_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -238,25 +232,6 @@ def session_rows(marked: DataFrame) -> DataFrame:
     )
 
 
-def with_history(sessions: DataFrame) -> DataFrame:
-    """Add the previous session's length and the rounded mean of earlier ones (summaries)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    order = Window.partitionBy(SOURCE_ID).orderBy(SESSION_ID)
-    history = sessions.select(
-        "*",
-        F.coalesce(F.lag(LENGTH_MS).over(order), F.lit(0)).cast("long").alias(PREVIOUS_MS),
-        F.coalesce(F.sum(LENGTH_MS).over(order.rowsBetween(Window.unboundedPreceding, -1)),
-                   F.lit(0)).cast("long").alias(_EARLIER),
-    )
-    # Integer division, rounded half up: utils.baseline.session_table.history_ms.
-    average = F.expr(f"(2 * {_EARLIER} + {SESSION_ID}) div (2 * {SESSION_ID})")
-    return history.select(
-        "*", F.when(F.col(SESSION_ID) > 0, average).otherwise(0).cast("long").alias(AVERAGE_MS),
-    ).select(*SESSION_TABLE_COLUMNS, _PROBLEMS, _FIRST_FILE, _FIRST_PROBLEM)
-
-
 def _local_path(uri: str) -> str:
     """A file: URI as a plain path (other URIs unchanged)."""
     return unquote(urlparse(uri).path) if uri.startswith("file:") else uri
@@ -305,18 +280,3 @@ def collect(sessions: DataFrame) -> pd.DataFrame:
         if failure is None:
             raise
         raise failure from None
-
-
-def spark_sessions(users: dict[str, list[Path]], gap_minutes: float,
-                   master: str | None = None) -> tuple[pd.DataFrame, int]:
-    """The Spark engine: (sessions table, plays read), same contract as `local_sessions`."""
-    paths = [path for files in users.values() for path in files]
-    for path in paths:
-        check_header(path)
-    if not paths:
-        return pd.DataFrame({name: [] for name in SESSION_TABLE_COLUMNS}), 0
-    plays, uris = read_plays(get_spark(master), [os.path.abspath(p) for p in paths])
-    table = collect(with_history(session_rows(mark_sessions(plays, gap_minutes))))
-    raise_on_problems(table, uris)
-    # Every play read falls in exactly one session (the window covers all rows).
-    return table[SESSION_TABLE_COLUMNS], int(table[PLAYS].sum())

@@ -190,6 +190,11 @@ def read_plays(users: dict[str, list[Path]], threads: int | None = None) -> Play
     names = list(users)
     with ThreadPoolExecutor(max_workers=threads or worker_count()) as pool:
         tables = list(pool.map(read_user_plays, names, [users[n] for n in names]))
+    return plays_of(names, tables)
+
+
+def plays_of(names: list[str], tables: Sequence[pa.Table]) -> Plays:
+    """One Plays of the users `names`, each with its table from `read_user_plays`, in order."""
     counts = np.array([t.num_rows for t in tables], dtype=np.int64)
     table = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
     return Plays(
