@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from test_summaries import random_plays, write_user_dir
 
-from utils.baseline.session_table_spark import MIN_TASKS, TASK_BYTES, deal_users, group_count
+from utils.baseline.session_table_spark import (
+    MIN_TASKS,
+    TASK_BYTES,
+    deal_users,
+    group_count,
+    group_sessions,
+)
 from utils.baseline.summaries import summarize
 from utils.core.config import SessionParams
 from utils.core.errors import SessionlenError
@@ -116,3 +122,14 @@ def test_users_are_dealt_into_groups_of_near_equal_size() -> None:
     assert group_count(10 * TASK_BYTES + 1, users=1000) == max(MIN_TASKS, 11)
     assert group_count(40 * TASK_BYTES, users=1000) == 40
     assert group_count(1, users=3) == 3
+
+
+def test_a_file_an_executor_cannot_see_is_named_with_the_shared_filesystem_rule(
+        tmp_path: Path) -> None:
+    missing = tmp_path / "user_000001" / "part-00000.csv"
+    batch = group_sessions([3], ["user_000001"], [[str(missing)]], gap_minutes=30.0)
+    assert batch.num_rows == 1
+    row = batch.to_pylist()[0]
+    assert row["_error_index"] == 3
+    assert row["_error"].startswith(f"{missing}: cannot be read by a Spark executor")
+    assert "filesystem that every node shares" in row["_error"]
