@@ -236,12 +236,18 @@ def refit_on_validation_rows(trained: TrainedBooster, features: FeatureSet,
     """
     rows = np.r_[features.rows["train"], features.rows["validate"]]
     started = time.perf_counter()
-    train_set = lgb.Dataset(tabular_features(features).iloc[rows], _log_target(features, rows),
-                            params=settings.lightgbm_params(threads))
-    booster = lgb.train(settings.lightgbm_params(threads), train_set,
-                        num_boost_round=trained.best_round)
+    booster = fit_for_rounds(settings.lightgbm_params(threads),
+                             tabular_features(features).iloc[rows], _log_target(features, rows),
+                             trained.best_round)
     return TrainedBooster(booster, trained.feature_names, trained.best_round,
                           time.perf_counter() - started)
+
+
+def fit_for_rounds(params: dict[str, Any], table: pd.DataFrame, target: np.ndarray,
+                   rounds: int) -> lgb.Booster:
+    """A booster fit on every row of `table` for exactly `rounds` rounds, nothing held out:
+    the refit once early stopping on validation has chosen the rounds."""
+    return lgb.train(params, lgb.Dataset(table, target, params=params), num_boost_round=rounds)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 One row per session (SESSION_TABLE_COLUMNS), with its profile fields, its play count and its
 leakage-free history. Lengths are carried in integer milliseconds (durations have millisecond
-precision) so that running sums are exact and both engines produce the same digits; the Spark
-engine (summaries_spark) mirrors this module's arithmetic step by step.
+precision) so that running sums are exact and both engines produce the same digits. The Spark
+engine of summarize runs this module in its tasks (session_table_spark); the final_dir stages'
+Spark engines mirror its arithmetic step by step (summaries_spark).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from utils.baseline import experiment
-from utils.baseline.boosting import BoostingSettings
+from utils.baseline.boosting import BoostingSettings, fit_for_rounds
 from utils.baseline.experiment_state import Experiment, ModelResult
 from utils.baseline.features import FeatureSet, TargetScaler, tabular_features
 from utils.baseline.summary_dir import load_user_ids
@@ -73,7 +73,7 @@ def fit_predict_lightgbm(table: pd.DataFrame, target: np.ndarray, rows: dict[str
                          settings: BoostingSettings) -> np.ndarray:
     """LightGBM on `rows` (early stopping on the validate rows): targets for the validate rows,
     then for the test rows from the same setting refit on the train and validate rows for the
-    rounds it kept (as the baseline stage's LightGBM, boosting.refit_on_validation_rows)."""
+    rounds it kept (boosting.fit_for_rounds, as the baseline stage's LightGBM)."""
     train = lgb.Dataset(table.iloc[rows["train"]], target[rows["train"]], free_raw_data=False)
     valid = lgb.Dataset(table.iloc[rows["validate"]], target[rows["validate"]], reference=train)
     # The clusters' models are fit one after another, so each takes the cores.
@@ -83,8 +83,7 @@ def fit_predict_lightgbm(table: pd.DataFrame, target: np.ndarray, rows: dict[str
                         callbacks=[lgb.early_stopping(settings.early_stopping_rounds,
                                                       verbose=False)])
     seen = np.r_[rows["train"], rows["validate"]]
-    refit = lgb.train(params, lgb.Dataset(table.iloc[seen], target[seen]),
-                      num_boost_round=booster.best_iteration)
+    refit = fit_for_rounds(params, table.iloc[seen], target[seen], booster.best_iteration)
     validate = booster.predict(table.iloc[rows["validate"]], num_iteration=booster.best_iteration)
     return np.r_[validate, refit.predict(table.iloc[rows["test"]])].astype(np.float64)
 
