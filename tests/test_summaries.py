@@ -9,8 +9,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from utils.baseline.session_table import LENGTH_MS, PLAYS, SOURCE_ID, sessionize
+from utils.baseline import session_table
+from utils.baseline.session_table import (
+    LENGTH_MS,
+    PLAYS,
+    SOURCE_ID,
+    consecutive_groups,
+    local_sessions,
+    sessionize,
+)
 from utils.baseline.summaries import summarize
 from utils.baseline.summary_dir import (
     SUMMARY_OUTPUTS,
@@ -311,6 +321,29 @@ def test_sessions_equal_the_synthetic_ground_truth(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Splits, ids, vocabulary, files and manifest
 # ---------------------------------------------------------------------------------------------
+
+@given(st.lists(st.integers(0, 10**6), max_size=40), st.integers(1, 50))
+def test_consecutive_groups_cover_every_user_once_in_order(sizes: list[int], groups: int
+                                                            ) -> None:
+    runs = consecutive_groups(sizes, groups)
+    assert [i for run in runs for i in run] == list(range(len(sizes)))
+    assert all(len(run) for run in runs) and len(runs) <= groups
+    if sizes and groups > 1 and min(sizes) > 0:
+        # No run is larger than its share plus one user.
+        share = sum(sizes) / groups
+        assert all(sum(sizes[i] for i in run) <= share + max(sizes) for run in runs)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 5])
+def test_local_sessions_in_runs_of_users_equal_all_users_at_once(
+        summarized: Path, groups: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_table, "GROUPS_PER_WORKER", groups)
+    users = user_files(WorkLayout(summarized).user_dir)
+    played = read_plays(users)
+    got, plays_read = local_sessions(users, 30.0)
+    assert plays_read == len(played)
+    pd.testing.assert_frame_equal(got, sessionize(played, 30.0))
+
 
 def test_chrono_split_per_user_train_then_validate_then_test(summarized: Path) -> None:
     sessions = all_sessions(summarized)
