@@ -136,7 +136,12 @@ def _nullable(values: np.ndarray) -> pa.Array:
 
 def timestamp_seconds(plays: pa.Table) -> np.ndarray:
     """Play start times in whole seconds since the epoch."""
-    return plays[C.TIMESTAMP].cast(pa.int64()).to_numpy() // 1000
+    seconds = plays[C.TIMESTAMP].cast(pa.int64()).to_numpy()
+    if not seconds.flags.writeable:
+        # One chunk is viewed, not copied; several are joined into a new array.
+        seconds = seconds.copy()
+    # In place: every fresh page of a large array costs a page fault.
+    return np.floor_divide(seconds, 1000, out=seconds)
 
 
 def unique_tracks_table(plays: pa.Table) -> pa.Table:
