@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from utils.core import columns as C
+from utils.core.arrow_memory import keep_freed_memory, prefer_jemalloc
 from utils.core.config import DisplayParams, WorkLayout
 from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, require_stage, write_manifest
@@ -38,6 +39,10 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
     require_stage(layout.tracks, "metadata")
     plays_path = require_file(raw / C.PLAYS_FILE, "plays file")
     profile_path = require_file(raw / C.PROFILE_FILE, "profile file")
+    if engine == "local":
+        # Before the lookups are read: the memory they free is then reused by the plays.
+        prefer_jemalloc()
+        keep_freed_memory()
     with Timer() as prepare:
         profiles = read_profiles(profile_path, layout.rejects)
         people = profile_lookup(profiles.frame)

@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from utils.core import columns as C
-from utils.core.arrow_memory import keep_freed_memory, prefer_jemalloc
 from utils.core.civil_dates import ISO_WIDTH, Days
 from utils.core.csv_text import (
     concat,
@@ -307,8 +306,6 @@ def join_counts(fields: PlayFields) -> dict[str, int]:
 def local_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
                        metadata: pa.Table, out_dir: Path) -> dict[str, Any]:
     """Local engine: read, join and write every user's file; the counts for the manifest."""
-    prefer_jemalloc()
-    keep_freed_memory()
     # MBIDs and line numbers are not written: the reader checks every line but builds neither.
     plays = read_plays_arrow(plays_path, rejects_dir, columns=PLAY_COLUMNS,
                              encoded=ENCODED_COLUMNS)
