@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from utils.core.columns import (
     USER_ID,
 )
 from utils.core.config import SessionParams
+from utils.core.parallel import worker_count
 
 NUMBERED_USER = re.compile(r"^user_(\d+)$")
 
@@ -122,14 +124,22 @@ def write_summaries(sessions: pd.DataFrame, users: Sequence[str], params: Sessio
     codes = split_codes(sessions, params, user=SOURCE_ID)
     user_ids = user_id_mapping(users)
     vocab = fit_country_vocab(sessions.loc[codes == 0, COUNTRY])
-    lines = csv_lines(summary_table(sessions, user_ids, vocab))
+    table = summary_table(sessions, user_ids, vocab)
     sources = sessions[SOURCE_ID].to_numpy()
-    counts: dict[str, Any] = {"sessions_per_split": {}, "users_per_split": {}}
-    for index, name in enumerate(SPLITS):
+
+    def write_split(index: int) -> tuple[int, int]:
         rows = np.flatnonzero(codes == index)
-        counts["sessions_per_split"][name] = len(rows)
-        counts["users_per_split"][name] = write_split_files(
-            out / name, sources[rows], lines.take(rows))
+        lines = csv_lines(table.take(rows))
+        return len(rows), write_split_files(out / SPLITS[index], sources[rows], lines)
+
+    # The splits are formatted and written on a few threads (Arrow and file writes release
+    # the GIL); each writes a folder of its own.
+    with ThreadPoolExecutor(max_workers=worker_count()) as pool:
+        written = list(pool.map(write_split, range(len(SPLITS))))
+    counts: dict[str, Any] = {
+        "sessions_per_split": {name: n for name, (n, _) in zip(SPLITS, written, strict=True)},
+        "users_per_split": {name: n for name, (_, n) in zip(SPLITS, written, strict=True)},
+    }
     _write_small_csv(out / USER_IDS_FILE, pd.DataFrame(
         {SOURCE_ID: user_ids.index, USER_ID: user_ids.to_numpy()}))
     _write_small_csv(out / COUNTRY_VOCAB_FILE, pd.DataFrame(
