@@ -170,3 +170,30 @@ def test_spark_keys_match_python_keys(spark: SparkSession) -> None:
     frame = spark.createDataFrame([(n,) for n in names], "name string")
     got = [row[0] for row in frame.select(spark_key(frame["name"])).collect()]
     assert got == [name_key(n) for n in names]
+
+
+@pytest.mark.parametrize("blocks", [True, False])
+def test_users_in_blocks_or_not_same_files(spark: SparkSession, sample_dir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, blocks: bool) -> None:
+    """Users in blocks are written by the tasks of byte ranges; a user in two blocks sends the
+    file to the SQL plan. Both write the local engine's bytes."""
+    from utils.data_processing import spark_stages
+
+    raw = copy_excerpt(sample_dir, tmp_path / "raw")
+    plays = raw / C.PLAYS_FILE
+    lines = plays.read_bytes().splitlines(keepends=True)
+    if not blocks:
+        # The first user's newest 100 plays moved after the second user's block.
+        plays.write_bytes(b"".join(lines[100:] + lines[:100]))
+    sql_plan = spark_stages.spark_denormalize
+    calls = []
+
+    def counted(*args: object, **kwargs: object) -> dict:
+        calls.append(args)
+        return sql_plan(*args, **kwargs)
+
+    monkeypatch.setattr(spark_stages, "spark_denormalize", counted)
+    local, remote, want, got = run_both(raw, tmp_path)
+    assert len(calls) == (0 if blocks else 1)
+    assert_same_outputs(local, remote)
+    assert [without_timing(s) for s in got] == [without_timing(s) for s in want]

@@ -50,7 +50,7 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
             layout.track_metadata, [C.ARTIST_KEY, C.TRACK_KEY, C.DURATION, C.GENRE]))
     with Timer() as build, atomic_dir(layout.user_dir) as tmp:
         if engine == "spark":
-            from utils.data_processing.spark_stages import spark_denormalize
+            from utils.data_processing.denormalize_spark import spark_denormalize
 
             counts = spark_denormalize(plays_path, layout.rejects, people, metadata, tmp,
                                        spark_master)

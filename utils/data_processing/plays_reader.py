@@ -208,16 +208,26 @@ def used_dictionary(values: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return codes, dictionary.cast(pa.large_string())
 
 
-def iter_line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
-    """Byte chunks of a file, each ending with a newline (one is added to an unterminated end)."""
+def iter_line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, start: int = 0,
+                     stop: int | None = None) -> Iterator[np.ndarray]:
+    """Byte chunks of a file, each ending with a newline (one is added to an unterminated end).
+
+    With `start` and `stop` (both at line starts, or stop at the end), only those bytes.
+    """
     carry = b""
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
+        fh.seek(start)
         while True:
             # The file size only sizes the buffer (small files get small ones); reading goes on
-            # to the real end. A fresh buffer that starts with the previous partial line avoids
-            # copying each chunk again to join it.
-            want = min(chunk_bytes, max(size - fh.tell(), 1 << 16))
+            # to the real end, or to `stop`. A fresh buffer that starts with the previous
+            # partial line avoids copying each chunk again to join it.
+            if stop is None:
+                want = min(chunk_bytes, max(size - fh.tell(), 1 << 16))
+            else:
+                want = min(chunk_bytes, stop - fh.tell())
+                if want <= 0:
+                    break
             buf = bytearray(len(carry) + want)
             buf[:len(carry)] = carry
             read = fh.readinto(memoryview(buf)[len(carry):])
@@ -250,13 +260,15 @@ def _worker_count() -> int:
 
 
 def _read_plays_chunks(path: Path, with_text: bool, columns: Sequence[str],
-                       encoded: Collection[str]) -> tuple[list[_PlaysChunk], int]:
-    """Parse every chunk of the plays file on a few threads; chunks and total lines, in order."""
-    workers = _worker_count()
+                       encoded: Collection[str], start: int = 0, stop: int | None = None,
+                       workers: int | None = None) -> tuple[list[_PlaysChunk], int]:
+    """Parse every chunk of the plays file (or of bytes start..stop) on a few threads; chunks
+    and total lines, in order."""
+    workers = workers or _worker_count()
     results: list[_PlaysChunk] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: collections.deque[Future[_PlaysChunk]] = collections.deque()
-        for chunk in iter_line_chunks(path, CHUNK_BYTES):
+        for chunk in iter_line_chunks(path, CHUNK_BYTES, start, stop):
             pending.append(pool.submit(parse_plays_chunk, chunk, with_text, columns, encoded))
             # A bounded queue keeps only a few raw chunks in memory at once.
             if len(pending) > workers:
@@ -304,6 +316,22 @@ def read_plays_arrow(path: Path, rejects_dir: Path | None = None,
         "rows_rejected": str(len(rejects.line_numbers)),
         "rejects_path": str(target) if target else "",
     })
+
+
+def read_plays_range(path: Path, start: int, stop: int, columns: Sequence[str],
+                     encoded: Collection[str], workers: int = 1
+                     ) -> tuple[pa.Table, Rejects, int] | None:
+    """The lines in bytes start..stop of the plays file (start at a line start, stop at a line
+    start or the end), checked as `read_plays_arrow` checks them: (kept plays, rejected lines
+    numbered from the range's first line, lines read); None when the range holds no line.
+
+    The caller accounts for the whole file (emptiness, mostly valid, the rejects file).
+    """
+    chunks, lines = _read_plays_chunks(Path(path), True, columns, encoded, start, stop, workers)
+    if not chunks:
+        return None
+    table, rejects = _renumber(chunks)
+    return table, rejects, lines
 
 
 def read_plays(path: Path, rejects_dir: Path | None = None) -> ReadResult:

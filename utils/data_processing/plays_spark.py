@@ -141,6 +141,14 @@ def classify_lines(lines: DataFrame) -> DataFrame:
     )
 
 
+def check_plays_head(path: Path) -> None:
+    """Refuse, before any Spark job, a file whose first lines are not plays (or that has none)."""
+    head = pr.parse_plays_chunk(pr.read_head(path, pr.SNIFF_BYTES))
+    rl.check_not_empty(path, "plays", pr.PLAYS_EXPECTED, head.n_lines)
+    rl.check_mostly_valid(path, "plays", pr.PLAYS_EXPECTED, head.n_lines, head.rejects,
+                           scope=" at the start of the file")
+
+
 def read_plays_spark(spark: SparkSession, path: Path) -> SparkPlays:
     """The kept plays of the file, counting lines and collecting rejects as they are read.
 
@@ -149,10 +157,7 @@ def read_plays_spark(spark: SparkSession, path: Path) -> SparkPlays:
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    head = pr.parse_plays_chunk(pr.read_head(path, pr.SNIFF_BYTES))
-    rl.check_not_empty(path, "plays", pr.PLAYS_EXPECTED, head.n_lines)
-    rl.check_mostly_valid(path, "plays", pr.PLAYS_EXPECTED, head.n_lines, head.rejects,
-                           scope=" at the start of the file")
+    check_plays_head(path)
     lines = Observation("plays_lines")
     rejected = F.struct(PART, ROW_ID, "code", "n_fields", "raw")
     observed = classify_lines(numbered_text(spark, path)).observe(
