@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from utils.data_processing.denormalize_spark import numbered_rejects, owned_start
+from utils.data_processing.plays_ranges import numbered_rejects, owned_start
 from utils.data_processing.plays_reader import read_plays_arrow, read_plays_range
 
 # Lines as the plays file may hold them: user fields repeated in blocks, lines without a tab,

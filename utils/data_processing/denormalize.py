@@ -4,7 +4,8 @@ Writes WORK/user_dir/{user_id}/part-00000.csv, one file per user, oldest play fi
 timestamps keep the reverse of file order: the raw file is newest first, so the later line is
 the earlier play. The text of each field is built once (`denormalize_fields`) and shared by
 both engines, so they write the same bytes; the local engine's lines are made in
-`utils.data_processing.denormalize_local`, the Spark engine's in `spark_stages`.
+`utils.data_processing.denormalize_local`; the Spark engine runs that code in its tasks
+(`denormalize_spark`), or the SQL plan of `spark_stages` when a user's lines are not one block.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The text of every field of a user file, made once and shared by both denormalize engines.
 
 Profile and metadata fields become lookup tables of CSV text (one row per user, one per track)
-on the driver; the local engine (`denormalize_local`) gathers them into lines and the Spark
-engine (`spark_stages`) joins them in, so the two cannot drift. The one field that depends on
-the play itself, the listener's age at that moment, follows the age rule here, which the Spark
-engine repeats in Spark SQL.
+on the driver; the local engine (`denormalize_local`, which the Spark engine's tasks also run)
+gathers them into lines and the Spark SQL plan (`spark_stages`) joins them in, so they cannot
+drift. The one field that depends on the play itself, the listener's age at that moment,
+follows the age rule here, which the SQL plan repeats in Spark SQL.
 """
 
 from __future__ import annotations

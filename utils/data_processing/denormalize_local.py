@@ -41,13 +41,9 @@ from utils.data_processing.denormalize_fields import (
     profile_text,
     take_rows,
 )
+from utils.data_processing.play_evidence import play_order, timestamp_seconds
 from utils.data_processing.plays_reader import read_plays_arrow, used_dictionary
-from utils.data_processing.tracks import (
-    distinct_keys,
-    play_order,
-    read_counts,
-    timestamp_seconds,
-)
+from utils.data_processing.tracks import distinct_keys, read_counts
 
 # Rows turned into text at once. Small batches keep the text in flight small: memory the
 # process already has is reused, while every new page costs a page fault.

@@ -1,4 +1,9 @@
-"""The Spark engine of the tracks and denormalize stages: the local engine's rules, its bytes.
+"""The Spark SQL plan of the tracks and denormalize stages: the local engine's rules, its bytes.
+
+Their Spark engines (`tracks_spark`, `denormalize_spark`) run the local engine's code in tasks
+on byte ranges of whole users; this plan assumes no layout of the plays file and takes over when
+a user's lines are not one block. Tracks also finishes here: `unique_tracks_of_counts` turns
+the counts of spellings and gaps into the unique-tracks table for both ways.
 
 The plays file is read once, by the job that uses it (`plays_spark`: the local reader's
 verdict on every line, rejected lines collected as the job runs and written by the reader's own
@@ -117,6 +122,12 @@ def spelling_counts(plays: DataFrame, partitions: int) -> DataFrame:
     rows = F.when(gap.isNull(), F.array(spelling)).otherwise(F.array(spelling, evidence))
     counts = (with_in_session_gaps(plays).select(F.explode(rows).alias("e")).select("e.*")
               .groupBy(*SPELLINGS, GAP).agg(F.count(F.lit(1)).alias(PLAYS)))
+    return keyed_counts(counts, partitions)
+
+
+def keyed_counts(counts: DataFrame, partitions: int) -> DataFrame:
+    """Counts of spellings and gaps (SPELLINGS, GAP, PLAYS) with their keys, hashed by artist
+    key: what `unique_tracks_of_counts` takes."""
     return with_keys(counts).repartition(partitions, C.ARTIST_KEY)
 
 
@@ -145,7 +156,13 @@ def _tallies(counts: DataFrame) -> DataFrame:
 
 
 def unique_tracks_frame(plays: DataFrame, partitions: int) -> DataFrame:
-    """Spark twin of tracks.unique_tracks_table (unsorted, unformatted), in one chain of steps.
+    """Spark twin of tracks.unique_tracks_table (unsorted, unformatted), in one chain of steps."""
+    return unique_tracks_of_counts(spelling_counts(plays, partitions))
+
+
+def unique_tracks_of_counts(counts: DataFrame) -> DataFrame:
+    """The unique-tracks table of counts of spellings and gaps (`keyed_counts`); counts of the
+    same spelling or gap in several rows add up.
 
     The most frequent spelling is the first by (count descending, value in byte order: the
     local engine's code point order). A median is the mean of the values at the 0-based
@@ -158,7 +175,7 @@ def unique_tracks_frame(plays: DataFrame, partitions: int) -> DataFrame:
     spelling = kind < len(SPELLINGS)
     group = Window.partitionBy(C.ARTIST_KEY, "track", "kind")
     ordered = group.orderBy(F.when(spelling, -count).otherwise(gap), "value")
-    ranked = _tallies(spelling_counts(plays, partitions)).select(
+    ranked = _tallies(counts).select(
         "*", F.row_number().over(ordered).alias("rank"),
         (2 * F.sum(PLAYS).over(ordered.rowsBetween(Window.unboundedPreceding,
                                                    Window.currentRow))).alias("twice_upto"),

@@ -24,22 +24,17 @@ from utils.core.errors import SessionlenError
 from utils.core.spark import check_engine_target
 from utils.core.stage_io import Timer, atomic_dir, require_file, write_manifest
 from utils.core.work_lock import locked_stage
+from utils.data_processing.play_evidence import (
+    encode,
+    in_session_gaps,
+    play_order,
+    timestamp_seconds,
+)
 from utils.data_processing.track_rules import MAX_IN_SESSION_GAP_S, name_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-
-
-def encode(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Integer code per row and the distinct values (missing values get code -1)."""
-    encoded = pc.dictionary_encode(values)
-    if isinstance(encoded, pa.ChunkedArray):
-        # Chunks share one growing dictionary; combining keeps it and concatenates indices.
-        encoded = encoded.combine_chunks() if encoded.num_chunks else pa.array(
-            [], pa.dictionary(pa.int32(), values.type))
-    codes = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64)
-    return codes, encoded.dictionary.cast(pa.large_string())
 
 
 def distinct_keys(names: pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -61,32 +56,6 @@ def code_ranks(uniques: pa.Array) -> np.ndarray:
     ranks = np.empty(len(order), dtype=np.int64)
     ranks[order] = np.arange(len(order))
     return ranks
-
-
-def play_order(user_codes: np.ndarray, ts_s: np.ndarray) -> np.ndarray:
-    """Permutation putting plays in (user, time) order, equal times latest file line first.
-
-    Rows must be in file order, as the raw reader returns them. The raw file is newest first,
-    so of two plays at the same second the later line is the earlier play; sorting the
-    reversed rows stably gives exactly that order.
-    """
-    n = len(ts_s)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    reverse = np.arange(n - 1, -1, -1)
-    span = int(ts_s.max() - ts_s.min()) + 1
-    sort_key = user_codes[reverse] * span + (ts_s[reverse] - ts_s.min())
-    return reverse[np.argsort(sort_key, kind="stable")]
-
-
-def in_session_gaps(order: np.ndarray, user_codes: np.ndarray, ts_s: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(row, gap seconds) of every play whose same-user next play starts 1 s..30 min later."""
-    users = user_codes[order]
-    ts = ts_s[order]
-    gaps = ts[1:] - ts[:-1]
-    valid = (users[1:] == users[:-1]) & (gaps > 0) & (gaps <= MAX_IN_SESSION_GAP_S)
-    return order[:-1][valid], gaps[valid]
 
 
 def group_medians(groups: np.ndarray, values: np.ndarray, n_groups: int
@@ -132,16 +101,6 @@ def _take_or_null(uniques: pa.Array, codes: np.ndarray) -> pa.Array:
 def _nullable(values: np.ndarray) -> pa.Array:
     """Floats as an Arrow array with NaN as null."""
     return pa.array(values, mask=np.isnan(values))
-
-
-def timestamp_seconds(plays: pa.Table) -> np.ndarray:
-    """Play start times in whole seconds since the epoch."""
-    seconds = plays[C.TIMESTAMP].cast(pa.int64()).to_numpy()
-    if not seconds.flags.writeable:
-        # One chunk is viewed, not copied; several are joined into a new array.
-        seconds = seconds.copy()
-    # In place: every fresh page of a large array costs a page fault.
-    return np.floor_divide(seconds, 1000, out=seconds)
 
 
 def unique_tracks_table(plays: pa.Table) -> pa.Table:
@@ -245,7 +204,7 @@ def build_unique_tracks(raw: Path, work: Path, engine: str = "local",
     plays_path = require_file(raw / C.PLAYS_FILE, "plays file")
     with Timer() as build:
         if engine == "spark":
-            from utils.data_processing.spark_stages import spark_unique_tracks
+            from utils.data_processing.tracks_spark import spark_unique_tracks
 
             table, counts = spark_unique_tracks(plays_path, layout.rejects, spark_master)
         else:
