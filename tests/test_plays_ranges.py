@@ -1,4 +1,4 @@
-"""The byte ranges of the Spark denormalize: every line in one range, no block of a user cut."""
+"""Byte ranges of whole users for the Spark tasks: cuts, line accounting, per-range counts."""
 
 from __future__ import annotations
 
@@ -66,3 +66,26 @@ def test_ranges_read_the_lines_and_rejects_of_the_whole_file(tmp_path: Path) -> 
     assert np.array_equal(
         np.concatenate([t["timestamp"].cast("int64").to_numpy() for t in kept]),
         whole["timestamp"].cast("int64").to_numpy())
+
+
+def test_range_counts_count_spellings_and_in_session_gaps(tmp_path: Path) -> None:
+    from utils.data_processing.tracks_spark import range_counts
+
+    # Newest first per user, as Last.fm writes them; gaps of 60 s, 3,600 s (not in session)
+    # and a tie (0 s, no gap).
+    lines = [
+        "u1\t2009-01-01T02:01:00Z\tm1\tA\t\tT",
+        "u1\t2009-01-01T01:00:00Z\t\tA\t\tT",
+        "u1\t2009-01-01T00:59:00Z\tm1\tA\t\tT",
+        "u2\t2009-01-01T00:00:00Z\t\tB\t\tT",
+        "u2\t2009-01-01T00:00:00Z\t\tA\t\tT",
+    ]
+    path = tmp_path / "plays.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    plays, _, _ = read_plays_range(path, 0, path.stat().st_size,
+                                   ["user_id", "timestamp", "artist_mbid", "artist_name",
+                                    "track_mbid", "track_name"], ())
+    got = sorted((tuple(row.values()) for row in range_counts(plays).to_pylist()), key=repr)
+    assert got == sorted([
+        ("A", "T", "m1", None, None, 2), ("A", "T", None, None, None, 2),
+        ("B", "T", None, None, None, 1), ("A", "T", None, None, 60, 1)], key=repr)
