@@ -10,6 +10,7 @@ from test_evaluation import _experiment
 from utils.baseline import experiment
 from utils.baseline.blend import fit_blend, greedy_weights, user_folds
 from utils.baseline.experiment_state import ModelResult
+from utils.core import columns as C
 from utils.core import evaluation
 from utils.core.errors import SessionlenError
 
@@ -90,3 +91,20 @@ def test_blend_needs_point_models_and_two_validation_users(tmp_path):
         experiment.train_blend(_experiment(tmp_path))
     with pytest.raises(SessionlenError, match="at least 2 validation users"):
         fit_blend(np.ones((3, 2)), np.ones(3), np.zeros(3), np.ones((2, 2)), seed=1)
+
+
+def test_no_blend_with_one_validation_user(tmp_path, monkeypatch):
+    run = _experiment(tmp_path)
+    role_frame = type(run.features).role_frame
+
+    def one_validation_user(features, role):
+        frame = role_frame(features, role)
+        return frame.assign(**{C.USER_ID: frame[C.USER_ID].iloc[0]}) if role == "validate" \
+            else frame
+
+    monkeypatch.setattr(type(run.features), "role_frame", one_validation_user)
+    run.results.append(ModelResult("net", "network", {}, run.actual_val_s, run.actual_s))
+    note = experiment.train_blend(run)
+    assert list(note.columns) == ["not blended"]
+    assert note.iloc[0, 0].startswith("1 validation user(s)")
+    assert "blend" not in {r.kind for r in run.results}

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from utils.baseline import distribution
 from utils.baseline.baselines import BASELINES, KEY_COLUMNS, ORACLE, baseline_predictions
-from utils.baseline.blend import BLEND_STEPS, fit_blend
+from utils.baseline.blend import BLEND_STEPS, FOLDS, fit_blend
 from utils.baseline.boosting import (
     BoostingSettings,
     ChosenLightGBM,
@@ -226,14 +226,22 @@ def train_lightgbm(experiment: Experiment, candidates: list[BoostingSettings] | 
 def train_blend(experiment: Experiment, steps: int = BLEND_STEPS) -> pd.DataFrame:
     """Blend every network and LightGBM trained so far (utils.baseline.blend): its validation
     predictions cross-fitted over validation users, its test ones with weights chosen on all of
-    them. The weights, per model: chosen on all validation users and on each half."""
+    them. The weights, per model: chosen on all validation users and on each half.
+
+    With fewer validation users than folds there is no blend (and a one-row table says why):
+    its validation score would come from the rows its weights were chosen on.
+    """
     members = [r for r in experiment.results if r.kind in BLENDED_KINDS]
     if not members:
         raise SessionlenError("train the networks or LightGBM before blending them")
+    users = experiment.features.role_frame("validate")[C.USER_ID].to_numpy()
+    if len(np.unique(users)) < FOLDS:
+        return pd.DataFrame({"not blended": [
+            f"{len(np.unique(users))} validation user(s): the blend's validation predictions "
+            f"are cross-fitted over users, which needs at least {FOLDS}"]})
     started = time.perf_counter()
     blend = fit_blend(np.column_stack([r.val_predictions_s for r in members]),
-                      experiment.actual_val_s,
-                      experiment.features.role_frame("validate")[C.USER_ID].to_numpy(),
+                      experiment.actual_val_s, users,
                       np.column_stack([r.predictions_s for r in members]), experiment.seed, steps)
     weights = {r.label: float(w) for r, w in zip(members, blend.weights, strict=True) if w > 0}
     experiment.results.append(ModelResult(
