@@ -235,10 +235,11 @@ def train_blend(experiment: Experiment, steps: int = BLEND_STEPS) -> pd.DataFram
     if not members:
         raise SessionlenError("train the networks or LightGBM before blending them")
     users = experiment.features.role_frame("validate")[C.USER_ID].to_numpy()
-    if len(np.unique(users)) < FOLDS:
+    n_users = len(np.unique(users))
+    if n_users < FOLDS:
         return pd.DataFrame({"not blended": [
-            f"{len(np.unique(users))} validation user(s): the blend's validation predictions "
-            f"are cross-fitted over users, which needs at least {FOLDS}"]})
+            f"{n_users} validation user(s): the blend's validation predictions are "
+            f"cross-fitted over users, which needs at least {FOLDS}"]})
     started = time.perf_counter()
     blend = fit_blend(np.column_stack([r.val_predictions_s for r in members]),
                       experiment.actual_val_s, users,
