@@ -28,7 +28,7 @@ from utils.baseline.user_plays import plays_of, read_user_plays
 from utils.core.arrow_memory import prefer_jemalloc
 from utils.core.columns import COUNTRY, SESSION_ID
 from utils.core.errors import SessionlenError
-from utils.core.spark import get_spark
+from utils.core.spark import MIN_TASKS, TASK_BYTES, get_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -40,12 +40,6 @@ _FILES = "_files"
 # Columns of an error row: the failing user's position in user order, and the message.
 _ERROR_INDEX = "_error_index"
 _ERROR = "_error"
-
-# About this many bytes of user files per task, as Spark's own file splits
-# (spark.sql.files.maxPartitionBytes); at least this many tasks, so that a large user
-# does not leave the other cores idle at the end of the job.
-TASK_BYTES = 128 << 20
-MIN_TASKS = 16
 
 SESSION_SCHEMA = pa.schema([(name, pa.string() if name in (SOURCE_ID, COUNTRY) else pa.int64())
                             for name in SESSION_TABLE_COLUMNS])

@@ -21,6 +21,11 @@ REMOTE_ENV = "SPARK_REMOTE"
 CONNECT_SCHEME = "sc://"
 DEFAULT_CONNECT_PORT = 15002
 DEFAULT_STANDALONE_PORT = 7077
+# About this many bytes of input per task for the engines that run local code in Spark tasks,
+# as Spark's own file splits (spark.sql.files.maxPartitionBytes); at least this many tasks, so
+# that one large task does not leave the other cores idle at the end of the job.
+TASK_BYTES = 128 << 20
+MIN_TASKS = 16
 # Spark's own clients retry an absent master or server for minutes; a refused or silent port
 # is known to be wrong after this long.
 REACH_TIMEOUT_S = 5.0

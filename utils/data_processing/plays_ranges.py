@@ -21,17 +21,13 @@ import numpy as np
 import pyarrow as pa
 
 from utils.core.errors import SessionlenError
+from utils.core.spark import MIN_TASKS, TASK_BYTES
 from utils.data_processing import plays_reader as pr
 from utils.data_processing import raw_lines as rl
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-# About this many bytes of the plays file per task, as Spark's own file splits
-# (spark.sql.files.maxPartitionBytes); at least this many tasks, so that the cores stay busy
-# to the end of the job.
-RANGE_BYTES = 128 << 20
-MIN_RANGES = 16
 # How far back to look at a time for the start of the line before a cut.
 BACK_STEP = 1 << 16
 
@@ -52,7 +48,7 @@ def spark_ddl(schema: pa.Schema) -> str:
 
 def range_count(size: int) -> int:
     """How many ranges a plays file of `size` bytes is cut into."""
-    return max(MIN_RANGES, -(-size // RANGE_BYTES))
+    return max(MIN_TASKS, -(-size // TASK_BYTES))
 
 
 def range_frame(spark: SparkSession, plays_path: Path) -> DataFrame:
