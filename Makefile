@@ -23,6 +23,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name sessionlen --display-name "sessionlen (.venv)" >/dev/null
+	$(BIN)/python -m utils.core.spark_classes 2>$(VENV)/spark-classes.log || \
+		{ tail -n 5 $(VENV)/spark-classes.log; echo "Spark commands will start without the class archive"; }
 	touch $(STAMP)
 
 run: $(STAMP) ## run every notebook on the default data (SCALE=demo, real data if in data/raw)

@@ -8,6 +8,8 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -38,13 +40,28 @@ SQL_SETTINGS = {
     # milliseconds, a Spark job to list them in parallel takes seconds.
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
 }
+UTC_OPTION = "-Duser.timezone=UTC"
+# The driver's Java options are set per session (classic_session).
 CLASSIC_SETTINGS = {
-    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    "spark.executor.extraJavaOptions": UTC_OPTION,
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "4g",
 }
+# The driver JVM's class archive (utils.core.spark_classes builds it).
+ARCHIVE_DIR = Path(sys.prefix) / "share" / "sessionlen"
+ARCHIVE_SUFFIX = "-classes.jsa"
+
+
+def archive_path(directory: Path = ARCHIVE_DIR) -> Path:
+    """Where the class archive of the installed PySpark lives (its jars are the class path)."""
+    return directory / f"spark-{version('pyspark')}{ARCHIVE_SUFFIX}"
+
+
+def driver_java_options(directory: Path = ARCHIVE_DIR) -> str:
+    """The driver JVM option that maps the class archive, or nothing when none was built."""
+    path = archive_path(directory)
+    return f"-XX:SharedArchiveFile={path}" if path.is_file() else ""
 
 
 def spark_url(url: str | None = None) -> str:
@@ -132,9 +149,19 @@ def get_spark(master: str | None = None, app_name: str = "sessionlen") -> SparkS
     check_reachable(url)
     if is_remote(url):
         return SparkSession.builder.remote(url).config(map=SQL_SETTINGS).getOrCreate()
+    return classic_session(url, app_name, driver_java_options())
+
+
+def classic_session(url: str, app_name: str, driver_options: str) -> SparkSession:
+    """A SparkSession whose driver runs in a JVM of ours, started with `driver_options`
+    besides the UTC time zone (they apply only if no session is running yet)."""
+    from pyspark.sql import SparkSession
+
     # Spark's Python workers must run the interpreter that runs us, with our packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    settings = {**SQL_SETTINGS, **CLASSIC_SETTINGS,
+                "spark.driver.extraJavaOptions": f"{UTC_OPTION} {driver_options}".strip()}
     builder = SparkSession.builder.master(url).appName(app_name)
     with _without_remote_env():
-        return builder.config(map={**SQL_SETTINGS, **CLASSIC_SETTINGS}).getOrCreate()
+        return builder.config(map=settings).getOrCreate()
