@@ -10,6 +10,7 @@ both engines, so they write the same bytes; the local engine's lines are made in
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,15 +27,28 @@ from utils.data_processing.denormalize_fields import USER_FILE, metadata_lookup,
 from utils.data_processing.track_metadata import read_metadata_table
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from matplotlib.figure import Figure
+
+    from utils.data_processing.raw_lines import ReadResult
+
+
+def read_lookups(profile_path: Path, layout: WorkLayout
+                 ) -> tuple[ReadResult, pa.Table, pa.Table]:
+    """The profile file as read, and the two lookups every play is joined with: profile
+    fields per user, metadata fields per track."""
+    from utils.data_processing.profile_reader import read_profiles
+
+    profiles = read_profiles(profile_path, layout.rejects)
+    metadata = metadata_lookup(read_metadata_table(
+        layout.track_metadata, [C.ARTIST_KEY, C.TRACK_KEY, C.DURATION, C.GENRE]))
+    return profiles, profile_lookup(profiles.frame), metadata
 
 
 @locked_stage("user_dir", reads=("tracks",))
 def denormalize(raw: Path, work: Path, engine: str = "local",
                 spark_master: str | None = None) -> dict:
     """Stage denormalize: write WORK/user_dir/{user}/part-00000.csv and the manifest."""
-    from utils.data_processing.profile_reader import read_profiles
-
     check_engine_target(engine, spark_master)
     raw, layout = Path(raw), WorkLayout(Path(work))
     require_stage(layout.tracks, "metadata")
@@ -44,21 +58,22 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
         # Before the lookups are read: the memory they free is then reused by the plays.
         prefer_jemalloc()
         keep_freed_memory()
-    with Timer() as prepare:
-        profiles = read_profiles(profile_path, layout.rejects)
-        people = profile_lookup(profiles.frame)
-        metadata = metadata_lookup(read_metadata_table(
-            layout.track_metadata, [C.ARTIST_KEY, C.TRACK_KEY, C.DURATION, C.GENRE]))
-    with Timer() as build, atomic_dir(layout.user_dir) as tmp:
+    with ThreadPoolExecutor(max_workers=1) as pool, Timer() as build, \
+            atomic_dir(layout.user_dir) as tmp:
+        # The local engine reads the plays meanwhile and waits for the lookups only to join.
+        lookups = pool.submit(read_lookups, profile_path, layout)
         if engine == "spark":
             from utils.data_processing.denormalize_spark import spark_denormalize
 
+            _, people, metadata = lookups.result()
             counts = spark_denormalize(plays_path, layout.rejects, people, metadata, tmp,
                                        spark_master)
         else:
             from utils.data_processing.denormalize_local import local_denormalize
 
-            counts = local_denormalize(plays_path, layout.rejects, people, metadata, tmp)
+            counts = local_denormalize(plays_path, layout.rejects,
+                                       lambda: lookups.result()[1:], tmp)
+        profiles = lookups.result()[0]
     join = {k: counts[k] for k in ("users", "users_without_profile", "plays_without_profile",
                                    "plays_without_metadata")}
     write_manifest(
@@ -73,11 +88,11 @@ def denormalize(raw: Path, work: Path, engine: str = "local",
         rows_in=counts["rows_in"], rows_out=counts["rows_out"],
         rows_rejected=counts["rows_rejected"], outputs=sorted(
             p.name for p in layout.user_dir.iterdir() if p.is_dir()),
-        timings={"prepare": prepare.seconds, "build_and_write": build.seconds},
+        timings={"build_and_write": build.seconds},
     )
     return {"engine": engine, "plays_in": counts["rows_in"], "plays_out": counts["rows_out"],
             "plays_rejected": counts["rows_rejected"], **join,
-            "output": str(layout.user_dir), "seconds": round(prepare.seconds + build.seconds, 3)}
+            "output": str(layout.user_dir), "seconds": round(build.seconds, 3)}
 
 
 def rows_per_user(work: Path) -> pd.Series:

@@ -7,6 +7,7 @@ whole users are formatted on a few threads while their files are written, each i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,21 +103,35 @@ def encode_names(names: pa.ChunkedArray) -> Names:
     return Names(codes, quote_minimal(spellings), key_of, keys)
 
 
-def metadata_rows(metadata: pa.Table, artist_keys: pa.Array, track_keys: pa.Array,
-                  pairs: np.ndarray) -> np.ndarray:
-    """Row of the metadata lookup for each wanted track, -1 when absent.
+@dataclass
+class MetadataKeys:
+    """The metadata's tracks as pair codes artist * len(track_keys) + track of codes into the
+    plays' distinct keys, and the metadata row of each; tracks whose artist or title no play
+    has are left out."""
 
-    A wanted track is a pair code artist * len(track_keys) + track of codes into the distinct
-    `artist_keys` and `track_keys`. The metadata's keys are coded the same way, so tracks are
-    matched as integers (its pairs are unique: the metadata reader refuses duplicates).
-    """
+    rows: np.ndarray
+    pairs: pd.Index
+
+
+def metadata_keys(metadata: pa.Table, artist_keys: pa.Array, track_keys: pa.Array
+                  ) -> MetadataKeys:
+    """Code the metadata's keys as the plays' tracks are coded (see `metadata_rows`)."""
     meta_artist = lookup_rows(metadata[C.ARTIST_KEY].combine_chunks(), artist_keys)
     meta_track = lookup_rows(metadata[C.TRACK_KEY].combine_chunks(), track_keys)
     known = np.flatnonzero((meta_artist >= 0) & (meta_track >= 0))
-    position = pd.Index(meta_artist[known] * len(track_keys) + meta_track[known]).get_indexer(
-        pairs)
+    return MetadataKeys(known, pd.Index(meta_artist[known] * len(track_keys) + meta_track[known]))
+
+
+def metadata_rows(keys: MetadataKeys, pairs: np.ndarray) -> np.ndarray:
+    """Row of the metadata lookup for each wanted track, -1 when absent.
+
+    A wanted track is a pair code artist * len(track_keys) + track of codes into the distinct
+    artist and track keys, coded as `keys` codes the metadata's, so tracks are matched as
+    integers (the metadata's pairs are unique: its reader refuses duplicates).
+    """
+    position = keys.pairs.get_indexer(pairs)
     # get_indexer says -1 for a track the metadata lacks, which picks the appended -1.
-    return np.append(known, -1)[position]
+    return np.append(keys.rows, -1)[position]
 
 
 def file_order_runs(user_codes: np.ndarray, ts_s: np.ndarray) -> np.ndarray | None:
@@ -183,14 +198,15 @@ def prepare_fields(plays: pa.Table, people: pa.Table, metadata: pa.Table) -> Pla
         artists = pool.submit(encode_names, plays[C.ARTIST_NAME])
         titles = encode_names(plays[C.TRACK_NAME])
         artists = artists.result()
+        # The metadata's keys are coded while the plays' spelling pairs are found.
+        coded_metadata = pool.submit(metadata_keys, metadata, artists.keys, titles.keys)
+        # Tracks are matched per distinct spelling pair: far fewer than plays.
+        pair_ids, pair_artist, pair_title = spelling_pairs(artists.codes, titles.codes,
+                                                           len(titles.text))
+        track_of_pair, tracks = pd.factorize(artists.key_of[pair_artist] * len(titles.keys)
+                                             + titles.key_of[pair_title])
+        meta_rows = metadata_rows(coded_metadata.result(), np.asarray(tracks, dtype=np.int64))
         user_codes, users, ts_s, order = ordered.result()
-    # Tracks are matched per distinct spelling pair: far fewer than plays.
-    pair_ids, pair_artist, pair_title = spelling_pairs(artists.codes, titles.codes,
-                                                       len(titles.text))
-    track_of_pair, tracks = pd.factorize(artists.key_of[pair_artist] * len(titles.keys)
-                                         + titles.key_of[pair_title])
-    meta_rows = metadata_rows(metadata, artists.keys, titles.keys,
-                              np.asarray(tracks, dtype=np.int64))
     per_track = take_rows(metadata.select([DURATION_TEXT, GENRE_TEXT]), meta_rows)
     per_user = take_rows(people, lookup_rows(users, people[C.USER_ID].combine_chunks()))
     # The line break rides on the last field: no full-width pass to append it.
@@ -299,14 +315,19 @@ def join_counts(fields: PlayFields) -> dict[str, int]:
     }
 
 
-def local_denormalize(plays_path: Path, rejects_dir: Path, people: pa.Table,
-                       metadata: pa.Table, out_dir: Path) -> dict[str, Any]:
-    """Local engine: read, join and write every user's file; the counts for the manifest."""
+def local_denormalize(plays_path: Path, rejects_dir: Path,
+                      lookups: Callable[[], tuple[pa.Table, pa.Table]], out_dir: Path
+                      ) -> dict[str, Any]:
+    """Local engine: read, join and write every user's file; the counts for the manifest.
+
+    `lookups` gives the (profile, metadata) lookups; it is called once the plays are read,
+    so that they can be read meanwhile.
+    """
     # MBIDs and line numbers are not written: the reader checks every line but builds neither.
     plays = read_plays_arrow(plays_path, rejects_dir, columns=PLAY_COLUMNS,
                              encoded=ENCODED_COLUMNS)
     counts = read_counts(plays)
-    fields = prepare_fields(plays, people, metadata)
+    fields = prepare_fields(plays, *lookups())
     del plays  # the fields hold every code and text the lines need
     rows_out = write_user_files(out_dir, fields)
     return {**counts, **join_counts(fields), "rows_out": rows_out}
