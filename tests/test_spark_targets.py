@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,3 +109,36 @@ def test_remote_url_must_be_spark_connect(tmp_path: Path) -> None:
     done = run_stage("vocab", ["--spark-remote", "sc://a:1", "--spark-master", "local[1]"],
                      tmp_path)
     assert done.returncode == 2 and "not allowed with argument" in done.stderr
+
+
+
+def answer_like_http(server: socket.socket) -> None:
+    """Answer every connection as a web server would, whatever it was sent."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.slow
+def test_a_port_that_is_no_spark_master_fails_in_one_line() -> None:
+    """A port that accepts connections but is no Spark master (a typo'd port, a proxy) passes
+    the reachability check; Spark gives up after its registration retries (about a minute),
+    and the session fails with one line naming the URL instead of a Java stack trace."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"spark://127.0.0.1:{server.getsockname()[1]}"
+        threading.Thread(target=answer_like_http, args=(server,), daemon=True).start()
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from utils.core.spark import get_spark; "
+             "get_spark(sys.argv[1])", url],
+            capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"utils.core.errors.SessionlenError: {url}: Spark could not start "
+                           "a session ("), last

@@ -155,6 +155,8 @@ def get_spark(master: str | None = None, app_name: str = "sessionlen") -> SparkS
 def classic_session(url: str, app_name: str, driver_options: str) -> SparkSession:
     """A SparkSession whose driver runs in a JVM of ours, started with `driver_options`
     besides the UTC time zone (they apply only if no session is running yet)."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
     from pyspark.sql import SparkSession
 
     # Spark's Python workers must run the interpreter that runs us, with our packages.
@@ -164,4 +166,24 @@ def classic_session(url: str, app_name: str, driver_options: str) -> SparkSessio
                 "spark.driver.extraJavaOptions": f"{UTC_OPTION} {driver_options}".strip()}
     builder = SparkSession.builder.master(url).appName(app_name)
     with _without_remote_env():
-        return builder.config(map=settings).getOrCreate()
+        try:
+            return builder.config(map=settings).getOrCreate()
+        except (Py4JError, PySparkException) as exc:
+            # A port that answers but is no Spark master (a typo'd port, a proxy) passes
+            # check_reachable; Spark gives up after its registration retries (about a minute)
+            # and the stage would end in a Java stack trace.
+            hint = "; is a Spark master listening there?" if url.startswith("spark://") else ""
+            raise SessionlenError(f"{url}: Spark could not start a session "
+                                  f"({_first_line(exc)}){hint}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message, the Java one when it comes from the JVM."""
+    from py4j.protocol import Py4JError
+
+    java = getattr(exc, "java_exception", None)
+    try:
+        text = str(java.getMessage()) if java is not None else str(exc)
+    except Py4JError:
+        text = str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
