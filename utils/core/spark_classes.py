@@ -76,15 +76,11 @@ def build_archive(directory: Path = ARCHIVE_DIR) -> Path:
     try:
         with tempfile.TemporaryDirectory() as scratch:
             warm_up(spark, Path(scratch))
-    finally:
-        spark.stop()
-        gateway = SparkContext._gateway
-        # The JVM writes the archive as it exits, which it does when its stdin closes.
-        if gateway is not None and gateway.proc is not None:
-            gateway.proc.stdin.close()
-            gateway.proc.wait()
-            SparkContext._gateway = None
-            SparkContext._jvm = None
+    except BaseException:
+        _stop_jvm(spark)
+        partial.unlink(missing_ok=True)
+        raise
+    _stop_jvm(spark)
     if not partial.is_file() or partial.stat().st_size == 0:
         partial.unlink(missing_ok=True)
         raise SessionlenError(f"{final}: the Spark driver JVM wrote no class archive")
@@ -93,6 +89,21 @@ def build_archive(directory: Path = ARCHIVE_DIR) -> Path:
         if stale != final:
             stale.unlink()
     return final
+
+
+def _stop_jvm(spark: SparkSession) -> None:
+    """Stop the session and its JVM, and wait until the JVM has exited (and so has written
+    the archive, which it does as it exits, when its stdin closes)."""
+    from pyspark import SparkContext
+
+    spark.stop()
+    gateway = SparkContext._gateway
+    if gateway is not None and gateway.proc is not None:
+        gateway.proc.stdin.close()
+        gateway.proc.wait()
+        # PySpark would otherwise hand the dead JVM to the next session of this process.
+        SparkContext._gateway = None
+        SparkContext._jvm = None
 
 
 def main(argv: list[str] | None = None) -> int:
