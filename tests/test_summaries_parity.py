@@ -10,16 +10,11 @@ import numpy as np
 import pytest
 from test_summaries import random_plays, write_user_dir
 
-from utils.baseline.session_table_spark import (
-    MIN_TASKS,
-    TASK_BYTES,
-    deal_users,
-    group_count,
-    group_sessions,
-)
+from utils.baseline.session_table_spark import deal_users, group_count, group_sessions
 from utils.baseline.summaries import summarize
 from utils.core.config import SessionParams
 from utils.core.errors import SessionlenError
+from utils.core.spark import MIN_TASKS, TASK_BYTES
 from utils.core.stage_io import MANIFEST
 
 pytestmark = [

@@ -28,7 +28,7 @@ from utils.baseline.user_plays import plays_of, read_user_plays
 from utils.core.arrow_memory import prefer_jemalloc
 from utils.core.columns import COUNTRY, SESSION_ID
 from utils.core.errors import SessionlenError
-from utils.core.spark import MIN_TASKS, TASK_BYTES, get_spark
+from utils.core.spark import get_spark, task_count
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -62,8 +62,8 @@ def deal_users(sizes: list[int], groups: int) -> list[list[int]]:
 
 
 def group_count(total_bytes: int, users: int) -> int:
-    """How many tasks the job runs: one per TASK_BYTES, at least MIN_TASKS, at most one per user."""
-    return max(1, min(users, max(MIN_TASKS, -(-total_bytes // TASK_BYTES))))
+    """How many tasks the job runs: `task_count`'s, at most one per user."""
+    return max(1, min(users, task_count(total_bytes)))
 
 
 def _error_batch(index: int, message: str) -> pa.RecordBatch:

@@ -48,6 +48,14 @@ CLASSIC_SETTINGS = {
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "4g",
 }
+
+
+def task_count(total_bytes: int) -> int:
+    """How many tasks an engine that runs local code in Spark tasks cuts `total_bytes` of
+    input into: one per TASK_BYTES, at least MIN_TASKS."""
+    return max(MIN_TASKS, -(-total_bytes // TASK_BYTES))
+
+
 # The driver JVM's class archive (utils.core.spark_classes builds it).
 ARCHIVE_DIR = Path(sys.prefix) / "share" / "sessionlen"
 ARCHIVE_SUFFIX = "-classes.jsa"

@@ -45,7 +45,7 @@ COUNTS = ("rows_out", "users_without_profile", "plays_without_profile", "plays_w
 RESULT_SCHEMA = pa.schema([*ranges.ACCOUNTING_SCHEMA, *[(n, pa.int64()) for n in COUNTS]])
 
 
-def read_lookups(folder: str) -> tuple[pa.Table, pa.Table]:
+def mapped_lookups(folder: str) -> tuple[pa.Table, pa.Table]:
     """The driver's profile and metadata lookups, memory-mapped (nothing is copied)."""
     def read(name: str) -> pa.Table:
         return pa.ipc.open_file(pa.memory_map(os.path.join(folder, name))).read_all()
@@ -67,7 +67,7 @@ def denormalize_range(index: int, start: int, stop: int, plays_path: str, lookup
     plays, rejects, lines = read
     users: list[str] = []
     if plays.num_rows:
-        fields = prepare_fields(plays, *read_lookups(lookups))
+        fields = prepare_fields(plays, *mapped_lookups(lookups))
         del plays  # the fields hold every code and text the lines need
         counts["rows_out"] = write_user_files(folder, fields)
         counts |= {name: value for name, value in join_counts(fields).items() if name in COUNTS}

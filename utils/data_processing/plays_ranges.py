@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from utils.core.errors import SessionlenError
-from utils.core.spark import MIN_TASKS, TASK_BYTES
+from utils.core.spark import task_count
 from utils.data_processing import plays_reader as pr
 from utils.data_processing import raw_lines as rl
 
@@ -46,17 +46,12 @@ def spark_ddl(schema: pa.Schema) -> str:
     return ", ".join(f"{field.name} {SPARK_TYPES[field.type]}" for field in schema)
 
 
-def range_count(size: int) -> int:
-    """How many ranges a plays file of `size` bytes is cut into."""
-    return max(MIN_TASKS, -(-size // TASK_BYTES))
-
-
 def range_frame(spark: SparkSession, plays_path: Path) -> DataFrame:
     """One row per range of the file (index, nominal start, nominal stop), one per partition."""
     from pyspark.sql import functions as F
 
     size = Path(plays_path).stat().st_size
-    n = range_count(size)
+    n = task_count(size)
     return spark.range(0, n, 1, n).select(
         F.col("id").alias("index"), F.expr(f"id * {size} div {n}").alias("start"),
         F.expr(f"(id + 1) * {size} div {n}").alias("stop"))
