@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -121,6 +122,25 @@ def test_networks_have_the_named_cells_and_depth(features, name, cell, layers):
     assert embedded == {"embed_country", "embed_gender", "embed_hour", "embed_weekday"}
     inputs, _ = next(iter(make_dataset(features, features.rows["test"][:5], 5, False, 0)))
     assert model(inputs).shape == (5, 1)
+
+
+def test_relu_layer_beside_the_read_out_adds_its_output_to_the_linear_one(features):
+    plain = build_network("gru", features, hidden_dim=8, dropout=0.0, no_layers=1)
+    headed = build_network("gru", features, hidden_dim=8, dropout=0.0, no_layers=1,
+                           head_units=4)
+    assert plain.get_layer("log_length").units == 1
+    assert headed.get_layer("head_hidden").units == 4
+    inputs, _ = next(iter(make_dataset(features, features.rows["test"][:5], 5, False, 0)))
+    joined = keras.Model(headed.inputs, headed.get_layer("joined").output)(inputs).numpy()
+    linear = joined @ headed.get_layer("linear_read_out").kernel.numpy() \
+        + headed.get_layer("linear_read_out").bias.numpy()
+    hidden = np.maximum(joined @ headed.get_layer("head_hidden").kernel.numpy()
+                        + headed.get_layer("head_hidden").bias.numpy(), 0.0)
+    nonlinear = hidden @ headed.get_layer("head_read_out").kernel.numpy() \
+        + headed.get_layer("head_read_out").bias.numpy()
+    np.testing.assert_allclose(headed(inputs).numpy(), linear + nonlinear, rtol=1e-4, atol=1e-5)
+    with pytest.raises(SessionlenError, match="head_units"):
+        build_network("gru", features, 8, 0.0, 1, head_units=-1)
 
 
 def test_dataset_gathers_each_rows_history_and_is_seeded(features):

@@ -70,6 +70,7 @@ def test_each_scale_sets_only_its_own_training_overrides() -> None:
     assert tiny["epochs"] == 2 and "batch_size" not in tiny
     assert full["batch_size"] == 1024 and full["lgbm_learning_rate"] == 0.1
     assert full["patience"] == 1 and full["refit_networks"] is False
+    assert full["head_units"] == 32 and "head_units" not in tiny
     assert "epochs" not in full
     assert full["min_rows"] == config.ClusterParams.min_rows
     assert runner.scale_overrides(config.get_scale("demo")).keys() == {"min_rows",

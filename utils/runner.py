@@ -45,9 +45,10 @@ def prepare_raw(scale: str, raw_dir: str | Path | None = None, seed: int = confi
 
 def scale_overrides(scale: config.Scale) -> dict[str, Any]:
     """The notebook parameters a scale sets (config.Scale): eligibility thresholds always,
-    epochs, batch size, patience, LightGBM's learning rate and the networks' refit where the
-    scale has its own."""
-    own = ("epochs", "batch_size", "patience", "lgbm_learning_rate", "refit_networks")
+    epochs, batch size, patience, LightGBM's learning rate, the networks' refit and ReLU layer
+    where the scale has its own."""
+    own = ("epochs", "batch_size", "patience", "lgbm_learning_rate", "refit_networks",
+           "head_units")
     return {"min_rows": scale.min_rows, "min_sessions": scale.min_sessions,
             **{name: value for name in own if (value := getattr(scale, name)) is not None}}
 

@@ -124,8 +124,8 @@ def add_baselines(experiment: Experiment, raw_dir: str | Path | None) -> pd.Data
 
 def network_params(params: ModelParams, dropout: float) -> dict[str, Any]:
     """The hyperparameters that define one trained network, for its results row."""
-    keep = ("no_layers", "loss_func", "optimizer", "hidden_dim", "batch_size", "epochs",
-            "sequence_length", "patience", "learning_rate", "refit_networks", "seed")
+    keep = ("no_layers", "loss_func", "optimizer", "hidden_dim", "head_units", "batch_size",
+            "epochs", "sequence_length", "patience", "learning_rate", "refit_networks", "seed")
     return {**{k: v for k, v in params.to_dict().items() if k in keep}, "dropout": dropout}
 
 

@@ -48,6 +48,8 @@ class Scale:
     time for its kept epochs on a fifth more rows (the networks' training is about two thirds
     of the baseline stage at full scale), where the train split's 370K sessions leave the least
     fitting noise for more rows to remove; LightGBM's refit runs beside the networks and stays.
+    `head_units` sets the networks' ReLU layer beside their linear read-out: its weights need
+    the full scale's sessions, and overfit demo's (utils.baseline.models).
     utils.runner is the one place these reach the notebooks.
     """
 
@@ -59,6 +61,7 @@ class Scale:
     patience: int | None = None
     lgbm_learning_rate: float | None = None
     refit_networks: bool | None = None
+    head_units: int | None = None
 
     @property
     def min_rows(self) -> int:
@@ -74,7 +77,7 @@ SCALES: dict[str, Scale] = {
     "tiny": Scale("tiny", users=24, plays_factor=0.05, epochs=2),
     "demo": Scale("demo", users=200, plays_factor=0.25),
     "full": Scale("full", users=992, plays_factor=1.0, batch_size=1024, patience=1,
-                  lgbm_learning_rate=0.1, refit_networks=False),
+                  lgbm_learning_rate=0.1, refit_networks=False, head_units=32),
 }
 
 
@@ -252,10 +255,11 @@ class ModelParams(StrictParams):
     """baseline/2_train_and_test_model: the networks (the original's knobs plus real sequences
     and a seed), the LightGBM search, the quantile models, and the splits in each role.
 
-    Each network reads the user's last `sequence_length` sessions. `compare_networks` trains
-    the GRU, LSTM and layered LSTM side by side (plus the network the flags name), False only
-    the one the flags name. `peer_groups` is passed to the start-time features (None: chosen by
-    BIC on train users). LightGBM fits every combination of `lgbm_num_leaves` and
+    Each network reads the user's last `sequence_length` sessions and reads its prediction out
+    linearly and through a ReLU layer of `head_units` units beside it (0: linear only).
+    `compare_networks` trains the GRU, LSTM and layered LSTM side by side (plus the network the
+    flags name), False only the one the flags name. `peer_groups` is passed to the start-time
+    features (None: chosen by BIC on train users). LightGBM fits every combination of `lgbm_num_leaves` and
     `lgbm_feature_fraction` and keeps the one with the lowest validation MAE; the quantile
     LightGBM reuses that choice, the quantile network trains for at most `quantile_epochs`.
     Validation scores every model as it was chosen; the test rows are predicted by the chosen
@@ -270,6 +274,7 @@ class ModelParams(StrictParams):
     loss_func: str = "mae"
     optimizer: str = "adam"
     hidden_dim: int = 8
+    head_units: int = 0
     batch_size: int = 256
     epochs: int = 30
     sequence_length: int = 10
@@ -332,6 +337,7 @@ class ClusterModelParams(StrictParams):
     lgbm_min_child_samples: int = 300
     lgbm_max_rounds: int = 3000
     hidden_dim: int = 8
+    head_units: int = 0
     dropout: float = 0.0
     loss_func: str = "mae"
     optimizer: str = "adam"
