@@ -111,7 +111,6 @@ def test_remote_url_must_be_spark_connect(tmp_path: Path) -> None:
     assert done.returncode == 2 and "not allowed with argument" in done.stderr
 
 
-
 def answer_like_http(server: socket.socket) -> None:
     """Answer every connection as a web server would, whatever it was sent."""
     while True:

@@ -259,9 +259,10 @@ class ModelParams(StrictParams):
     linearly and through a ReLU layer of `head_units` units beside it (0: linear only).
     `compare_networks` trains the GRU, LSTM and layered LSTM side by side (plus the network the
     flags name), False only the one the flags name. `peer_groups` is passed to the start-time
-    features (None: chosen by BIC on train users). LightGBM fits every combination of `lgbm_num_leaves` and
-    `lgbm_feature_fraction` and keeps the one with the lowest validation MAE; the quantile
-    LightGBM reuses that choice, the quantile network trains for at most `quantile_epochs`.
+    features (None: chosen by BIC on train users). LightGBM fits every combination of
+    `lgbm_num_leaves` and `lgbm_feature_fraction` and keeps the one with the lowest validation
+    MAE; the quantile LightGBM reuses that choice, the quantile network trains for at most
+    `quantile_epochs`.
     Validation scores every model as it was chosen; the test rows are predicted by the chosen
     LightGBM refit on train and validation rows, and by each network refit the same way if
     `refit_networks` (the full scale turns it off: see Scale).
